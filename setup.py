@@ -1,0 +1,23 @@
+from setuptools import find_packages, setup
+
+setup(
+    name="whisperd",
+    version="0.1.0",
+    description="Whisper transcription daemon: RabbitMQ jobs in, transcripts out, supervised workers",
+    python_requires=">=3.11",
+    packages=find_packages(include=["whisperd", "whisperd.*"]),
+    package_data={"whisperd": ["schema/*.json"]},
+    install_requires=[
+        "pika>=1.3",
+        "openai-whisper>=20240930",
+        "torch>=2.1",
+        "psutil>=5.9",
+        "setproctitle>=1.3",
+        "sdnotify>=0.3",
+    ],
+    extras_require={
+        "gpu": ["nvidia-ml-py>=12"],
+        "test": ["pytest>=8", "jsonschema>=4", "ruff"],
+    },
+    entry_points={"console_scripts": ["whisperd = whisperd.cli:main"]},
+)

@@ -1,0 +1,79 @@
+"""RabbitMQ topology and publishing, shared by workers and ``whisperd submit``.
+
+The job queue is a durable quorum queue with a delivery limit and a dead-letter queue, so a job
+that keeps killing its worker ends up parked instead of looping. Completions are persistent and
+published with confirms: a caller only acks a job after ``publish`` returned.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pika
+import pika.exceptions
+
+from whisperd.config import BrokerConfig
+
+JSON = "application/json"
+
+
+def dead_letter_queue(cfg: BrokerConfig) -> str:
+    return f"{cfg.job_queue}.dead"
+
+
+def job_queue_arguments(cfg: BrokerConfig) -> dict[str, Any]:
+    """Arguments of the job queue; producers that declare it must pass the same ones."""
+    return {
+        "x-queue-type": "quorum",
+        # The broker's backstop: whisperd itself dead-letters a job once it has been tried
+        # max_attempts times, so the limit here is one higher than that.
+        "x-delivery-limit": cfg.max_attempts,
+        "x-dead-letter-exchange": "",
+        "x-dead-letter-routing-key": dead_letter_queue(cfg),
+    }
+
+
+def connection_parameters(cfg: BrokerConfig, name: str) -> pika.URLParameters:
+    params = pika.URLParameters(cfg.url)
+    params.heartbeat = cfg.heartbeat
+    params.connection_attempts = 1
+    params.blocked_connection_timeout = max(cfg.heartbeat, 60) * 5
+    params.client_properties = {"connection_name": name, "product": "whisperd"}
+    return params
+
+
+def connect(cfg: BrokerConfig, name: str) -> pika.BlockingConnection:
+    return pika.BlockingConnection(connection_parameters(cfg, name))
+
+
+class TopologyMismatch(RuntimeError):
+    """The job queue exists with other arguments (e.g. as a classic queue)."""
+
+
+def declare(channel: Any, cfg: BrokerConfig) -> None:
+    """Declare the dead-letter, job and result queues (idempotent)."""
+    channel.queue_declare(dead_letter_queue(cfg), durable=True, arguments={"x-queue-type": "quorum"})
+    try:
+        channel.queue_declare(cfg.job_queue, durable=True, arguments=job_queue_arguments(cfg))
+    except pika.exceptions.ChannelClosedByBroker as e:
+        if e.reply_code != 406:
+            raise
+        raise TopologyMismatch(
+            f"queue {cfg.job_queue!r} already exists with other arguments ({e.reply_text}); whisperd needs a "
+            f"quorum queue with {json.dumps(job_queue_arguments(cfg))}. Migrate: stop producers, let it drain, "
+            f"delete it (rabbitmqctl delete_queue {cfg.job_queue}) and restart whisperd, or set broker.job_queue "
+            "to a new name"
+        ) from None
+    channel.queue_declare(cfg.result_queue, durable=True)
+
+
+def properties(correlation_id: str | None = None, reply_to: str | None = None, **kw: Any) -> pika.BasicProperties:
+    return pika.BasicProperties(
+        content_type=JSON, delivery_mode=pika.DeliveryMode.Persistent, correlation_id=correlation_id, reply_to=reply_to, **kw
+    )
+
+
+def publish(channel: Any, queue: str, body: bytes, props: pika.BasicProperties, mandatory: bool = True) -> None:
+    """Publish to a queue via the default exchange; with confirms on, returns once the broker has it."""
+    channel.basic_publish(exchange="", routing_key=queue, body=body, properties=props, mandatory=mandatory)

@@ -1,0 +1,92 @@
+"""The ``whisperd`` command: run, check-config, submit."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+from whisperd import __version__, logs
+from whisperd import config as config_mod
+from whisperd.config import FORMATS, ConfigError
+
+
+def _load(args: argparse.Namespace) -> config_mod.Config:
+    try:
+        return config_mod.load(args.config)
+    except ConfigError as e:
+        print(f"whisperd: config error: {e}", file=sys.stderr)
+        sys.exit(2)
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    cfg = _load(args)
+    logs.setup(cfg.logging.level)
+    from whisperd.supervisor import Supervisor
+
+    if not os.path.isdir(cfg.storage.media_root):
+        print(f"whisperd: storage.media_root {cfg.storage.media_root} does not exist", file=sys.stderr)
+        return 2
+    return Supervisor(cfg).run()
+
+
+def cmd_check_config(args: argparse.Namespace) -> int:
+    path = config_mod.resolve_path(args.config)
+    try:
+        cfg = config_mod.load(args.config)
+    except ConfigError as e:
+        print(f"whisperd: config error: {e}", file=sys.stderr)
+        return 1
+    print(f"{path}: OK ({cfg.workers.count} workers, model {cfg.model.name}, queue {cfg.broker.job_queue})")
+    return 0
+
+
+def cmd_submit(args: argparse.Namespace) -> int:
+    cfg = _load(args)
+    from whisperd.submit import submit
+
+    missing = [f for f in args.files if not f.is_file()]
+    if missing:
+        print(f"whisperd: no such file: {missing[0]}", file=sys.stderr)
+        return 2
+    formats = args.format.split(",") if args.format else None
+    if formats and any(f not in FORMATS for f in formats):
+        print(f"whisperd: --format takes a comma-separated list from {', '.join(FORMATS)}", file=sys.stderr)
+        return 2
+    return submit(cfg, args.files, args.wait, args.language, formats, args.output, args.timeout)
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="whisperd", description="Whisper transcription daemon for RabbitMQ jobs.")
+    p.add_argument("--version", action="version", version=f"whisperd {__version__}")
+    sub = p.add_subparsers(dest="command", required=True)
+    config_help = f"config file (default: ${config_mod.ENV_VAR}, else {config_mod.DEFAULT_PATH})"
+
+    run = sub.add_parser("run", help="run the daemon (supervisor and workers) in the foreground")
+    run.add_argument("--config", help=config_help)
+    run.set_defaults(func=cmd_run)
+
+    check = sub.add_parser("check-config", help="validate the config file and exit")
+    check.add_argument("--config", help=config_help)
+    check.set_defaults(func=cmd_check_config)
+
+    submit = sub.add_parser("submit", help="copy audio files into media_root and queue them")
+    submit.add_argument("files", nargs="+", type=Path, metavar="FILE")
+    submit.add_argument("--config", help=config_help)
+    submit.add_argument("--wait", action="store_true", help="wait for the transcripts and print them")
+    submit.add_argument("--language", help="ISO language code (default: detect)")
+    submit.add_argument("--format", help=f"comma-separated result formats from {','.join(FORMATS)}")
+    submit.add_argument("--output", type=Path, help="with --wait: copy the result files into this directory")
+    submit.add_argument("--timeout", type=float, default=3600.0, help="with --wait: give up after this many seconds")
+    submit.set_defaults(func=cmd_submit)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

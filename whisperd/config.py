@@ -1,0 +1,212 @@
+"""Configuration: one TOML file, read with tomllib, checked strictly before anything starts.
+
+Every key has a default, so an empty file is a valid configuration. A typo or a wrong type
+stops the start with one line that names the key, instead of being silently ignored.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+from urllib.parse import urlparse
+
+DEFAULT_PATH = Path("/etc/whisperd/whisperd.toml")
+ENV_VAR = "WHISPERD_CONFIG"
+FORMATS = ("json", "txt", "srt", "vtt", "tsv")
+
+
+class ConfigError(ValueError):
+    """A configuration problem; str() is the one-line message shown to the operator."""
+
+
+def _positive(v: Any) -> bool:
+    return v > 0
+
+
+def _non_negative(v: Any) -> bool:
+    return v >= 0
+
+
+def _device(v: str) -> bool:
+    if v in ("auto", "cpu", "cuda"):
+        return True
+    return v.startswith("cuda:") and v[5:].isdigit()
+
+
+def _amqp_url(v: str) -> bool:
+    return urlparse(v).scheme in ("amqp", "amqps")
+
+
+def _queue_name(v: str) -> bool:
+    return 0 < len(v.encode()) <= 255 and not v.startswith("amq.")
+
+
+def _formats(v: list) -> bool:
+    return bool(v) and all(f in FORMATS for f in v) and len(set(v)) == len(v)
+
+
+def _log_level(v: str) -> bool:
+    return v.upper() in ("DEBUG", "INFO", "WARNING", "ERROR")
+
+
+def key(default: Any, check: Callable[[Any], bool] | None = None, why: str = "", **kw: Any) -> Any:
+    """A config key: its default, and a check with the reason shown when it fails."""
+    meta = {"check": check, "why": why}
+    if isinstance(default, list):
+        return field(default_factory=lambda: list(default), metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+@dataclass
+class BrokerConfig:
+    url: str = key("amqp://guest:guest@localhost:5672/%2F", _amqp_url, "must be an amqp:// or amqps:// URL")
+    job_queue: str = key("whisperd.jobs", _queue_name, "must be 1-255 bytes and not start with 'amq.'")
+    result_queue: str = key("whisperd.results", _queue_name, "must be 1-255 bytes and not start with 'amq.'")
+    prefetch: int = key(1, _positive, "must be >= 1")
+    heartbeat: int = key(60, _non_negative, "must be >= 0 seconds (0 disables heartbeats)")
+    max_attempts: int = key(3, _positive, "must be >= 1")
+    reconnect_max_s: float = key(30.0, _positive, "must be > 0 seconds")
+
+
+@dataclass
+class ModelConfig:
+    name: str = key("small", lambda v: bool(v.strip()), "must not be empty")
+    download_root: str = key("/var/lib/whisperd/models")
+    device: str = key("auto", _device, "must be auto, cpu, cuda or cuda:N")
+    fp16: bool = key(True)
+
+
+@dataclass
+class StorageConfig:
+    media_root: str = key("/var/lib/whisperd/media", os.path.isabs, "must be an absolute path")
+    results_dir: str = key("/var/lib/whisperd/results", os.path.isabs, "must be an absolute path")
+
+
+@dataclass
+class WorkersConfig:
+    count: int = key(1, lambda v: 1 <= v <= 256, "must be between 1 and 256")
+    threads: int = key(0, _non_negative, "must be >= 0 (0 = cores / count)")
+    drain_timeout: float = key(600.0, _positive, "must be > 0 seconds")
+    timeout: float = key(60.0, _positive, "must be > 0 seconds")
+    ready_timeout: float = key(600.0, _positive, "must be > 0 seconds")
+    boot_attempts: int = key(3, _positive, "must be >= 1")
+    max_jobs: int = key(0, _non_negative, "must be >= 0 (0 = never recycle)")
+    max_jobs_jitter: int = key(0, _non_negative, "must be >= 0")
+    max_rss_mb: int = key(0, _non_negative, "must be >= 0 (0 = no limit)")
+    hard_rss_mb: int = key(0, _non_negative, "must be >= 0 (0 = no limit)")
+
+
+@dataclass
+class LimitsConfig:
+    max_file_mb: float = key(2048.0, _positive, "must be > 0")
+    max_duration_s: float = key(4 * 3600.0, _positive, "must be > 0 seconds")
+    job_timeout_s: float = key(0.0, _non_negative, "must be >= 0 seconds (0 = scaled to audio length)")
+
+
+@dataclass
+class TranscribeConfig:
+    formats: list = key(["json", "txt"], _formats, f"must be a non-empty list of distinct values from {list(FORMATS)}")
+    beam_size: int = key(0, _non_negative, "must be >= 0 (0 = greedy, whisper's default)")
+
+
+@dataclass
+class EventsConfig:
+    progress: bool = key(False)
+
+
+@dataclass
+class LoggingConfig:
+    level: str = key("INFO", _log_level, "must be DEBUG, INFO, WARNING or ERROR")
+
+
+@dataclass
+class Config:
+    broker: BrokerConfig = field(default_factory=BrokerConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    storage: StorageConfig = field(default_factory=StorageConfig)
+    workers: WorkersConfig = field(default_factory=WorkersConfig)
+    limits: LimitsConfig = field(default_factory=LimitsConfig)
+    transcribe: TranscribeConfig = field(default_factory=TranscribeConfig)
+    events: EventsConfig = field(default_factory=EventsConfig)
+    logging: LoggingConfig = field(default_factory=LoggingConfig)
+    path: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        data = dataclasses.asdict(self)
+        data.pop("path")
+        return data
+
+
+def _type_ok(value: Any, kind: type) -> bool:
+    if kind is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if kind is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    return isinstance(value, kind)
+
+
+_TYPE_NAMES = {str: "a string", int: "an integer", float: "a number", bool: "true or false", list: "a list"}
+
+
+def _build_section(name: str, cls: type, raw: Any) -> Any:
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{name}: must be a table ([{name}])")
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    for unknown in sorted(set(raw) - set(fields)):
+        raise ConfigError(f"{name}.{unknown}: unknown key (known: {', '.join(fields)})")
+    values = {}
+    for fname, f in fields.items():
+        if fname not in raw:
+            continue
+        value = raw[fname]
+        kind = {"str": str, "int": int, "float": float, "bool": bool, "list": list}[f.type]
+        if not _type_ok(value, kind):
+            raise ConfigError(f"{name}.{fname}: must be {_TYPE_NAMES[kind]} (got {value!r})")
+        check = f.metadata.get("check")
+        if check is not None and not check(value):
+            raise ConfigError(f"{name}.{fname}: {f.metadata['why']} (got {value!r})")
+        values[fname] = float(value) if kind is float else value
+    return cls(**values)
+
+
+def parse(raw: dict[str, Any], path: str | None = None) -> Config:
+    """Build a Config from a parsed TOML document, or raise ConfigError naming the bad key."""
+    sections = {f.name: f for f in dataclasses.fields(Config) if f.name != "path"}
+    for unknown in sorted(set(raw) - set(sections)):
+        raise ConfigError(f"{unknown}: unknown section (known: {', '.join(sections)})")
+    built = {name: _build_section(name, f.default_factory, raw.get(name, {})) for name, f in sections.items()}
+    config = Config(**built, path=path)
+    w = config.workers
+    if w.hard_rss_mb and w.max_rss_mb and w.hard_rss_mb < w.max_rss_mb:
+        raise ConfigError(f"workers.hard_rss_mb: must be >= workers.max_rss_mb (got {w.hard_rss_mb})")
+    return config
+
+
+def resolve_path(explicit: str | None) -> Path:
+    """--config, else $WHISPERD_CONFIG, else /etc/whisperd/whisperd.toml."""
+    if explicit:
+        return Path(explicit)
+    if os.environ.get(ENV_VAR):
+        return Path(os.environ[ENV_VAR])
+    return DEFAULT_PATH
+
+
+def load(explicit: str | None = None) -> Config:
+    path = resolve_path(explicit)
+    try:
+        with open(path, "rb") as f:
+            raw = tomllib.load(f)
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: config file not found") from None
+    except PermissionError:
+        raise ConfigError(f"{path}: permission denied reading the config file") from None
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"{path}: not valid TOML: {e}") from None
+    try:
+        return parse(raw, str(path))
+    except ConfigError as e:
+        raise ConfigError(f"{path}: {e}") from None

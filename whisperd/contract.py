@@ -1,0 +1,175 @@
+"""The message contract: what a job looks like, what a completion looks like, and the error codes.
+
+This module is the single source of truth for the wire format; ``whisperd/schema/*.json``
+describes the same thing for producers, and tests check that the two agree. It imports no
+torch or whisper, so the supervisor and ``whisperd submit`` can use it.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from whisperd.config import FORMATS
+
+TASK_ID_RE = re.compile(r"[A-Za-z0-9._-]{1,128}")
+TASKS = ("transcribe", "translate")
+DEFAULT_FORMATS = ("json", "txt")
+
+DONE = "done"
+FAILED = "failed"
+PROCESSING = "processing"
+
+
+class ErrorCode:
+    """Stable machine-readable codes for ``error.code`` in a failed completion."""
+
+    INVALID_JOB = "invalid_job"
+    INVALID_TASK_ID = "invalid_task_id"
+    INVALID_AUDIO_PATH = "invalid_audio_path"
+    PATH_OUTSIDE_MEDIA_ROOT = "path_outside_media_root"
+    FILE_NOT_FOUND = "file_not_found"
+    FILE_UNREADABLE = "file_unreadable"
+    NOT_A_FILE = "not_a_file"
+    FILE_TOO_LARGE = "file_too_large"
+    EMPTY_FILE = "empty_file"
+    INVALID_AUDIO = "invalid_audio"
+    AUDIO_TOO_LONG = "audio_too_long"
+    UNSUPPORTED_LANGUAGE = "unsupported_language"
+    UNSUPPORTED_TASK = "unsupported_task"
+    UNSUPPORTED_FORMAT = "unsupported_format"
+    INVALID_OPTION = "invalid_option"
+    TRANSCRIPTION_FAILED = "transcription_failed"
+    ATTEMPTS_EXHAUSTED = "attempts_exhausted"
+    JOB_TIMEOUT = "job_timeout"
+
+
+class JobError(Exception):
+    """A job that cannot be done as asked: becomes a ``failed`` completion, never a crash."""
+
+    def __init__(self, code: str, message: str, task_id: str | None = None) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.task_id = task_id
+
+
+@dataclass(frozen=True)
+class Job:
+    task_id: str
+    audio_path: str
+    language: str | None = None
+    task: str = "transcribe"
+    formats: tuple[str, ...] = DEFAULT_FORMATS
+    word_timestamps: bool = False
+    initial_prompt: str | None = None
+
+
+def _unwrap_envelope(body: dict[str, Any]) -> dict[str, Any]:
+    """Accept MassTransit's envelope ({"messageId", "message": {...job...}}) as well as a bare job."""
+    inner = body.get("message")
+    if "task_id" not in body and isinstance(inner, dict) and "messageId" in body:
+        return inner
+    return body
+
+
+def _task_id_of(body: Any) -> str | None:
+    if isinstance(body, dict):
+        tid = _unwrap_envelope(body).get("task_id")
+        if isinstance(tid, str) and TASK_ID_RE.fullmatch(tid):
+            return tid
+    return None
+
+
+def peek_task_id(raw: bytes) -> str | None:
+    """The task id of a body if it has a valid one, without validating the rest."""
+    try:
+        return _task_id_of(json.loads(raw))
+    except ValueError:
+        return None
+
+
+def parse_job(raw: bytes, default_formats: tuple[str, ...] = DEFAULT_FORMATS) -> Job:
+    """Decode and validate a job body; raise JobError with the most specific code.
+
+    The error carries the task id whenever one could be read, so the producer still gets
+    a completion for its task.
+    """
+    try:
+        body = json.loads(raw)
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise JobError(ErrorCode.INVALID_JOB, f"body is not valid JSON: {e}") from None
+    if not isinstance(body, dict):
+        raise JobError(ErrorCode.INVALID_JOB, f"body must be a JSON object, got {type(body).__name__}")
+    body = _unwrap_envelope(body)
+    task_id = _task_id_of(body)
+
+    def fail(code: str, message: str) -> JobError:
+        return JobError(code, message, task_id)
+
+    if "task_id" not in body:
+        raise fail(ErrorCode.INVALID_TASK_ID, "task_id is missing")
+    if task_id is None:
+        raise fail(ErrorCode.INVALID_TASK_ID, "task_id must be 1-128 characters of A-Z a-z 0-9 . _ -")
+    audio_path = body.get("audio_path")
+    if not isinstance(audio_path, str) or not audio_path.strip() or "\x00" in audio_path:
+        raise fail(ErrorCode.INVALID_AUDIO_PATH, "audio_path must be a non-empty string")
+    language = body.get("language")
+    if language is not None and (not isinstance(language, str) or not language.strip()):
+        raise fail(ErrorCode.UNSUPPORTED_LANGUAGE, "language must be a language code such as 'es' or be absent")
+    task = body.get("task", "transcribe")
+    if task not in TASKS:
+        raise fail(ErrorCode.UNSUPPORTED_TASK, f"task must be one of {list(TASKS)}, got {task!r}")
+    formats = body.get("formats", list(default_formats))
+    if not isinstance(formats, list) or not formats or not all(isinstance(f, str) for f in formats):
+        raise fail(ErrorCode.UNSUPPORTED_FORMAT, f"formats must be a non-empty list from {list(FORMATS)}")
+    unknown = [f for f in formats if f not in FORMATS]
+    if unknown:
+        raise fail(ErrorCode.UNSUPPORTED_FORMAT, f"unsupported formats {unknown}; choose from {list(FORMATS)}")
+    word_timestamps = body.get("word_timestamps", False)
+    if not isinstance(word_timestamps, bool):
+        raise fail(ErrorCode.INVALID_OPTION, "word_timestamps must be true or false")
+    prompt = body.get("initial_prompt")
+    if prompt is not None and not isinstance(prompt, str):
+        raise fail(ErrorCode.INVALID_OPTION, "initial_prompt must be a string")
+    return Job(
+        task_id=task_id,
+        audio_path=audio_path,
+        language=language.strip().lower() if language else None,
+        task=task,
+        formats=tuple(dict.fromkeys(formats)),
+        word_timestamps=word_timestamps,
+        initial_prompt=prompt or None,
+    )
+
+
+@dataclass
+class Completion:
+    task_id: str | None
+    status: str
+    text: str | None = None
+    language: str | None = None
+    duration_s: float | None = None
+    processing_s: float | None = None
+    results: dict[str, str] = field(default_factory=dict)
+    error: dict[str, str] | None = None
+    worker: str | None = None
+
+    @classmethod
+    def failure(cls, err: JobError, worker: str, processing_s: float | None = None) -> Completion:
+        return cls(
+            task_id=err.task_id,
+            status=FAILED,
+            error={"code": err.code, "message": err.message},
+            worker=worker,
+            processing_s=processing_s,
+        )
+
+    def to_json(self) -> bytes:
+        return json.dumps(asdict(self), ensure_ascii=False).encode()
+
+    @classmethod
+    def from_json(cls, raw: bytes) -> Completion:
+        return cls(**json.loads(raw))

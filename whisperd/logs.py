@@ -1,0 +1,51 @@
+"""Logging to stderr; under systemd each line carries its syslog priority for the journal.
+
+journald reads a ``<N>`` prefix on stdout/stderr lines as the priority (``SyslogLevelPrefix=``,
+on by default), so errors land as ``err`` and warnings as ``warning``. Workers inherit the
+supervisor's stderr, so one setup serves every process of the service.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+
+PRIORITY = {logging.DEBUG: 7, logging.INFO: 6, logging.WARNING: 4, logging.ERROR: 3, logging.CRITICAL: 2}
+
+
+def stderr_is_journal() -> bool:
+    """True when stderr is connected to journald (systemd sets JOURNAL_STREAM=dev:inode)."""
+    stream = os.environ.get("JOURNAL_STREAM", "")
+    if ":" not in stream:
+        return False
+    try:
+        st = os.fstat(sys.stderr.fileno())
+    except (OSError, ValueError):
+        return False
+    dev, _, ino = stream.partition(":")
+    return f"{st.st_dev}:{st.st_ino}" == f"{dev}:{ino}"
+
+
+class JournalFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        prio = PRIORITY.get(record.levelno, 6)
+        text = super().format(record)
+        return "\n".join(f"<{prio}>{line}" for line in text.splitlines())
+
+
+def setup(level: str = "INFO") -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    if stderr_is_journal():
+        handler.setFormatter(JournalFormatter("%(message)s"))
+    else:
+        handler.setFormatter(logging.Formatter("%(asctime)s [%(process)d] %(levelname)s %(message)s"))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    set_level(level)
+    logging.getLogger("pika").setLevel(logging.CRITICAL)
+
+
+def set_level(level: str) -> None:
+    logging.getLogger("whisperd").setLevel(level.upper())
+    logging.getLogger().setLevel(logging.WARNING if level.upper() != "DEBUG" else logging.DEBUG)

@@ -1,0 +1,121 @@
+"""Find a job's audio inside media_root and decode it with ffmpeg, never reading anything else.
+
+The path check happens twice: on the resolved path before opening, and on the path the
+kernel reports for the opened descriptor (``/proc/self/fd``), so a symlink swapped in between
+cannot lead outside. ffmpeg then reads that descriptor, runs without a shell, may only use the
+``file`` protocol and may only pick real audio/video demuxers, so a playlist or concat file
+cannot make it open other files.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import stat
+import subprocess
+from dataclasses import dataclass
+
+import numpy as np
+
+from whisperd.contract import ErrorCode, JobError
+
+SAMPLE_RATE = 16000
+DEMUXERS = (
+    "aac,ac3,aiff,amr,ape,asf,au,avi,caf,dts,eac3,flac,flv,matroska,mov,mp3,mpeg,mpegts,ogg,tta,w64,wav,wv"
+)
+
+
+@dataclass
+class MediaFile:
+    """An opened audio file inside media_root; closes its descriptor when done."""
+
+    fd: int
+    path: str
+    size: int
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+    def __enter__(self) -> MediaFile:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _inside(root: str, path: str) -> bool:
+    return path == root or path.startswith(root.rstrip("/") + "/")
+
+
+def open_media(media_root: str, audio_path: str, max_bytes: int, task_id: str | None = None) -> MediaFile:
+    """Open ``audio_path`` (relative to media_root, or absolute inside it) for reading."""
+
+    def fail(code: str, message: str) -> JobError:
+        return JobError(code, message, task_id)
+
+    root = os.path.realpath(media_root)
+    candidate = audio_path if os.path.isabs(audio_path) else os.path.join(root, audio_path)
+    real = os.path.realpath(candidate)
+    if not _inside(root, real):
+        raise fail(ErrorCode.PATH_OUTSIDE_MEDIA_ROOT, f"audio_path {audio_path!r} points outside the media directory")
+    try:
+        fd = os.open(real, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except FileNotFoundError:
+        raise fail(ErrorCode.FILE_NOT_FOUND, f"audio file {audio_path!r} does not exist") from None
+    except PermissionError:
+        raise fail(ErrorCode.FILE_UNREADABLE, f"audio file {audio_path!r} is not readable by whisperd") from None
+    except OSError as e:
+        if e.errno == errno.ELOOP:
+            raise fail(ErrorCode.PATH_OUTSIDE_MEDIA_ROOT, f"audio_path {audio_path!r} changed while opening") from None
+        raise fail(ErrorCode.FILE_UNREADABLE, f"cannot open audio file {audio_path!r}: {e.strerror}") from None
+    media = MediaFile(fd, real, 0)
+    try:
+        opened = os.readlink(f"/proc/self/fd/{fd}")
+        if not _inside(root, opened):
+            raise fail(ErrorCode.PATH_OUTSIDE_MEDIA_ROOT, f"audio_path {audio_path!r} points outside the media directory")
+        st = os.fstat(fd)
+        if stat.S_ISDIR(st.st_mode):
+            raise fail(ErrorCode.NOT_A_FILE, f"audio_path {audio_path!r} is a directory, not a file")
+        if not stat.S_ISREG(st.st_mode):
+            raise fail(ErrorCode.NOT_A_FILE, f"audio_path {audio_path!r} is not a regular file")
+        if st.st_size == 0:
+            raise fail(ErrorCode.EMPTY_FILE, f"audio file {audio_path!r} is empty (0 bytes)")
+        if st.st_size > max_bytes:
+            raise fail(
+                ErrorCode.FILE_TOO_LARGE,
+                f"audio file {audio_path!r} is {st.st_size / 2**20:.1f} MiB; the limit is {max_bytes / 2**20:.0f} MiB",
+            )
+        media.size = st.st_size
+        return media
+    except BaseException:
+        media.close()
+        raise
+
+
+def decode(media: MediaFile, max_duration_s: float, task_id: str | None = None, threads: int = 1) -> np.ndarray:
+    """Decode to 16 kHz mono float32, as whisper.load_audio does, stopping past the length limit."""
+    cmd = [
+        "ffmpeg", "-nostdin", "-hide_banner", "-loglevel", "error", "-threads", str(threads),
+        "-protocol_whitelist", "file", "-format_whitelist", DEMUXERS,
+        "-t", f"{max_duration_s + 1:.3f}",
+        "-i", f"/dev/fd/{media.fd}",
+        "-vn", "-f", "s16le", "-ac", "1", "-acodec", "pcm_s16le", "-ar", str(SAMPLE_RATE), "-",
+    ]  # fmt: skip
+    proc = subprocess.run(cmd, capture_output=True, pass_fds=(media.fd,), check=False)
+    if proc.returncode != 0:
+        lines = proc.stderr.decode(errors="replace").strip().splitlines()
+        detail = lines[-1].replace(f"/dev/fd/{media.fd}: ", "") if lines else f"ffmpeg exit code {proc.returncode}"
+        raise JobError(ErrorCode.INVALID_AUDIO, f"cannot decode audio: {detail}", task_id)
+    samples = np.frombuffer(proc.stdout, np.int16)
+    if samples.size == 0:
+        raise JobError(ErrorCode.INVALID_AUDIO, "the file contains no audio", task_id)
+    duration = samples.size / SAMPLE_RATE
+    if duration > max_duration_s:
+        raise JobError(
+            ErrorCode.AUDIO_TOO_LONG,
+            f"audio is longer than the limit of {max_duration_s:.0f} s",
+            task_id,
+        )
+    return samples.astype(np.float32) / 32768.0

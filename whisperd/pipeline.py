@@ -1,0 +1,102 @@
+"""One job from body bytes to a completion: parse, find the audio, decode, transcribe, store.
+
+It knows nothing about AMQP: the worker hands it a body and publishes what comes back. Every
+problem with the input becomes a ``failed`` completion with a specific code, so a bad file can
+never crash the worker or loop in the queue.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from whisperd import media
+from whisperd.config import Config
+from whisperd.contract import DONE, Completion, ErrorCode, Job, JobError, parse_job
+from whisperd.results import ResultStore
+from whisperd.transcriber import Transcriber
+
+log = logging.getLogger("whisperd.worker")
+
+
+@dataclass
+class Outcome:
+    """What the worker must do: publish ``completion`` (if any), then ack or dead-letter the job."""
+
+    completion: Completion | None
+    ack: bool = True
+    reused: bool = False
+
+
+def job_deadline_s(cfg: Config, duration_s: float) -> float:
+    """How long a job may take before its worker is considered stuck."""
+    if cfg.limits.job_timeout_s:
+        return cfg.limits.job_timeout_s
+    return 300.0 + 10.0 * duration_s
+
+
+class Pipeline:
+    def __init__(self, cfg: Config, transcriber: Transcriber, store: ResultStore, worker_name: str, threads: int = 1):
+        self.cfg = cfg
+        self.transcriber = transcriber
+        self.store = store
+        self.worker_name = worker_name
+        self.threads = threads
+
+    def run(self, body: bytes, on_started: Callable[[Job, float], None] | None = None) -> Outcome:
+        started = time.monotonic()
+        try:
+            job = parse_job(body, tuple(self.cfg.transcribe.formats))
+        except JobError as e:
+            return self._failed(e, started)
+        try:
+            stored = self.store.lookup(job)
+            if stored is not None:
+                log.info("%s: task %s: already done, answering from the stored result", self.worker_name, job.task_id)
+                stored.worker = self.worker_name
+                return Outcome(stored, reused=True)
+            return Outcome(self._transcribe(job, started, on_started))
+        except JobError as e:
+            return self._failed(e, started)
+
+    def _transcribe(self, job: Job, started: float, on_started: Callable[[Job, float], None] | None) -> Completion:
+        self.transcriber.check(job)
+        limits = self.cfg.limits
+        with media.open_media(self.cfg.storage.media_root, job.audio_path, int(limits.max_file_mb * 2**20), job.task_id) as f:
+            audio = media.decode(f, limits.max_duration_s, job.task_id, self.threads)
+        duration = len(audio) / media.SAMPLE_RATE
+        if on_started:
+            on_started(job, duration)
+        try:
+            result = self.transcriber.transcribe(audio, job, self.cfg.transcribe.beam_size)
+        except (MemoryError, JobError):
+            raise
+        except Exception as e:  # a model error on this input: report it, keep serving
+            log.exception("%s: task %s: transcription failed", self.worker_name, job.task_id)
+            raise JobError(ErrorCode.TRANSCRIPTION_FAILED, f"transcription failed: {e}", job.task_id) from e
+        paths = self.store.write(job.task_id, result, job.formats)
+        completion = Completion(
+            task_id=job.task_id,
+            status=DONE,
+            text=result["text"].strip(),
+            language=result.get("language"),
+            duration_s=round(duration, 3),
+            processing_s=round(time.monotonic() - started, 3),
+            results=paths,
+            worker=self.worker_name,
+        )
+        self.store.commit(job, completion)
+        log.info(
+            "%s: task %s: done, %.1f s of %s audio in %.2f s",
+            self.worker_name, job.task_id, duration, completion.language, completion.processing_s,
+        )  # fmt: skip
+        return completion
+
+    def _failed(self, err: JobError, started: float) -> Outcome:
+        task = f"task {err.task_id}" if err.task_id else "job without a valid task_id"
+        log.error("%s: %s: failed: %s: %s", self.worker_name, task, err.code, err.message)
+        if err.task_id is None:
+            return Outcome(None, ack=False)
+        return Outcome(Completion.failure(err, self.worker_name, round(time.monotonic() - started, 3)))

@@ -1,0 +1,94 @@
+"""Result files: whisper's own writers, written atomically and durably, plus a completion marker.
+
+Each ``<task_id>.<format>`` is written to a temporary file in results_dir, fsynced and renamed
+over its final name, so a reader never sees half a file. After all formats are in place the
+completion itself is stored under ``.whisperd/`` the same way: that marker is the commit point
+that makes a redelivered job complete again from disk instead of transcribing twice.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import asdict
+from typing import IO, Any
+
+from whisperd.contract import Completion, Job
+
+MARKER_DIR = ".whisperd"
+WRITER_OPTIONS = {"highlight_words": False, "max_line_width": None, "max_line_count": None, "max_words_per_line": None}
+
+
+@contextmanager
+def atomic_write(path: str) -> Iterator[IO[str]]:
+    """Write ``path`` via a temp file in the same directory, fsync, rename, fsync the directory."""
+    directory = os.path.dirname(path)
+    tmp = os.path.join(directory, f".{os.path.basename(path)}.{os.getpid()}.tmp")
+    try:
+        with open(tmp, "w", encoding="utf-8") as f:
+            yield f
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+    fsync_dir(directory)
+
+
+def fsync_dir(directory: str) -> None:
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class ResultStore:
+    def __init__(self, results_dir: str) -> None:
+        self.results_dir = results_dir
+        self.marker_dir = os.path.join(results_dir, MARKER_DIR)
+        os.makedirs(self.marker_dir, exist_ok=True)
+
+    def path(self, task_id: str, fmt: str) -> str:
+        return os.path.join(self.results_dir, f"{task_id}.{fmt}")
+
+    def _marker(self, task_id: str) -> str:
+        return os.path.join(self.marker_dir, f"{task_id}.completion.json")
+
+    def write(self, task_id: str, result: dict[str, Any], formats: tuple[str, ...]) -> dict[str, str]:
+        """Write each format with whisper's writer; return format -> path."""
+        from whisper.utils import get_writer
+
+        paths = {}
+        for fmt in formats:
+            path = self.path(task_id, fmt)
+            writer = get_writer(fmt, self.results_dir)
+            with atomic_write(path) as f:
+                writer.write_result(result, file=f, options=WRITER_OPTIONS)
+            paths[fmt] = path
+        return paths
+
+    def commit(self, job: Job, completion: Completion) -> None:
+        """Record that ``job`` is done; after this a redelivery is answered from disk."""
+        with atomic_write(self._marker(job.task_id)) as f:
+            json.dump({"job": asdict(job), "completion": asdict(completion)}, f, ensure_ascii=False)
+
+    def lookup(self, job: Job) -> Completion | None:
+        """The stored completion of this exact job, if it finished before and its files are intact."""
+        try:
+            with open(self._marker(job.task_id), encoding="utf-8") as f:
+                stored = json.load(f)
+        except (FileNotFoundError, json.JSONDecodeError):
+            return None
+        if stored.get("job") != json.loads(json.dumps(asdict(job))):
+            return None
+        completion = Completion(**stored["completion"])
+        if not all(os.path.exists(p) for p in completion.results.values()):
+            return None
+        return completion

@@ -1,0 +1,358 @@
+"""A worker process: one pika connection, one loaded model, one job at a time.
+
+Shape from pika's basic_consumer_threaded example: the main thread owns the connection and
+runs its I/O loop (so broker heartbeats keep flowing during long transcriptions), a job thread
+transcribes, and hands the result back with ``connection.add_callback_threadsafe``. The I/O
+thread then publishes the completion with publisher confirms and only then acks the job.
+
+Signals: SIGTERM drains (stop consuming, finish and ack the job in hand, exit 0); SIGQUIT exits
+at once (the unacked job goes back to the queue); SIGINT and SIGHUP are the supervisor's.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import os
+import random
+import signal
+import socket
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass
+from typing import Any
+
+import pika
+import pika.exceptions
+from setproctitle import setproctitle
+
+from whisperd import broker
+from whisperd.config import Config
+from whisperd.contract import FAILED, PROCESSING, Completion, ErrorCode, Job, JobError, peek_task_id
+from whisperd.reporting import Reporter
+
+log = logging.getLogger("whisperd.worker")
+
+WORKER_BOOT_ERROR = 3
+AUTH_ERRORS = (pika.exceptions.ProbableAuthenticationError, pika.exceptions.ProbableAccessDeniedError)
+
+
+@dataclass
+class Delivery:
+    channel: Any
+    tag: int
+    props: pika.BasicProperties
+    body: bytes
+
+    @property
+    def attempts_before(self) -> int:
+        """Earlier deliveries of this message that ended without an ack (quorum queue header)."""
+        headers = self.props.headers or {}
+        try:
+            return int(headers.get("x-delivery-count", 0))
+        except (TypeError, ValueError):
+            return 0
+
+
+class Backoff:
+    def __init__(self, first: float, limit: float) -> None:
+        self.first, self.limit, self.delay = first, limit, first
+
+    def next(self) -> float:
+        delay, self.delay = self.delay, min(self.delay * 2, self.limit)
+        return delay * random.uniform(0.8, 1.2)
+
+    def reset(self) -> None:
+        self.delay = self.first
+
+
+class Worker:
+    def __init__(self, cfg: Config, slot: int, threads: int, sock: socket.socket | None = None, device: str | None = None):
+        self.cfg = cfg
+        self.slot = slot
+        self.threads = threads
+        self.device = device
+        self.name = f"{socket.gethostname()}:worker-{slot}:{os.getpid()}"
+        self.label = f"worker {slot}"
+        self.report = Reporter(sock)
+        self.stopping = False
+        self.connection: pika.BlockingConnection | None = None
+        self.channel: Any = None
+        self.pending: deque[Delivery] = deque()
+        self.cond = threading.Condition()
+        self.inflight = 0
+        self.done = 0
+        self.failed = 0
+        self.max_jobs = cfg.workers.max_jobs + random.randint(0, cfg.workers.max_jobs_jitter) if cfg.workers.max_jobs else 0
+
+    # -- process life -------------------------------------------------------------------------
+
+    def run(self) -> int:
+        signal.signal(signal.SIGTERM, self.handle_term)
+        signal.signal(signal.SIGQUIT, self.handle_quit)
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGHUP, signal.SIG_IGN)
+        self._title("booting")
+        self.report.send(pid=os.getpid(), slot=self.slot, state="booting", done=0, failed=0, broker="connecting")
+        try:
+            self.pipeline = self._load()
+        except Exception as e:
+            log.error("%s: cannot load model %r: %s", self.label, self.cfg.model.name, e)
+            self.report.send(state="boot_failed", error=f"cannot load model {self.cfg.model.name!r}: {e}")
+            return WORKER_BOOT_ERROR
+        threading.Thread(target=self._job_loop, name="jobs", daemon=True).start()
+        return self._serve_forever()
+
+    def _load(self) -> Any:
+        from whisperd.pipeline import Pipeline
+        from whisperd.results import ResultStore
+        from whisperd.transcriber import Transcriber
+
+        started = time.monotonic()
+        transcriber = Transcriber(self.cfg.model, self.threads, self.device)
+        transcriber.warm_up()
+        store = ResultStore(self.cfg.storage.results_dir)
+        log.info(
+            "%s: model %s loaded on %s with %d threads in %.1f s",
+            self.label, self.cfg.model.name, transcriber.device, self.threads, time.monotonic() - started,
+        )  # fmt: skip
+        self.report.send(device=transcriber.device)
+        return Pipeline(self.cfg, transcriber, store, self.name, self.threads)
+
+    def handle_term(self, signum: int, frame: Any) -> None:
+        self.stopping = True
+
+    def handle_quit(self, signum: int, frame: Any) -> None:
+        os._exit(0)
+
+    def _title(self, state: str) -> None:
+        setproctitle(f"whisperd: worker {self.slot} [{state}]")
+
+    # -- connection ---------------------------------------------------------------------------
+
+    def _serve_forever(self) -> int:
+        backoff = Backoff(1.0, self.cfg.broker.reconnect_max_s)
+        self.ever_connected = False
+        self.outage_since: float | None = None
+
+        def connected() -> None:
+            backoff.reset()
+            self.ever_connected = True
+            if self.outage_since is not None:
+                log.info("%s: broker connection restored after %.0f s", self.label, time.monotonic() - self.outage_since)
+                self.outage_since = None
+
+        while not self.stopping:
+            try:
+                self._serve(connected)
+            except broker.TopologyMismatch as e:
+                log.error("%s: %s", self.label, e)
+                self.report.send(state="boot_failed", error=str(e))
+                return WORKER_BOOT_ERROR
+            except AUTH_ERRORS as e:
+                reason = f"broker refused the credentials in broker.url ({type(e).__name__})"
+                if not self.ever_connected:
+                    log.error("%s: %s", self.label, reason)
+                    self.report.send(state="boot_failed", error=reason)
+                    return WORKER_BOOT_ERROR
+                self._outage(reason)
+            except (pika.exceptions.AMQPError, OSError) as e:
+                self._outage(describe(e))
+            finally:
+                self._drop_connection()
+            if not self.stopping:
+                self._sleep(backoff.next())
+        self._wait_idle()
+        log.info("%s: stopped after %d jobs", self.label, self.done + self.failed)
+        return 0
+
+    def _drop_connection(self) -> None:
+        """Close what is left of a connection, so the broker requeues whatever we did not ack."""
+        conn, self.connection, self.channel = self.connection, None, None
+        if conn is not None and conn.is_open:
+            try:
+                conn.close()
+            except Exception:  # already broken: nothing more to release
+                pass
+
+    def _outage(self, reason: str) -> None:
+        self.report.send(broker="unreachable", state="connecting")
+        self._title("connecting")
+        if self.outage_since is None:
+            log.warning("%s: broker unreachable: %s; reconnecting with backoff", self.label, reason)
+            self.outage_since = time.monotonic()
+
+    def _serve(self, on_connected: Any) -> None:
+        """Consume until asked to stop; raises on connection loss."""
+        self.connection = broker.connect(self.cfg.broker, f"whisperd {self.label} on {socket.gethostname()}")
+        self.channel = self.connection.channel()
+        self.channel.confirm_delivery()
+        self.channel.basic_qos(prefetch_count=self.cfg.broker.prefetch)
+        broker.declare(self.channel, self.cfg.broker)
+        tag = self.channel.basic_consume(self.cfg.broker.job_queue, self._on_message)
+        on_connected()
+        self.report.send(broker="ok", state="idle" if self.inflight == 0 else "busy")
+        self._title("idle")
+        last_report = 0.0
+        while True:
+            self.connection.process_data_events(time_limit=1)
+            now = time.monotonic()
+            if now - last_report >= 1:
+                self._apply_settings()
+                self.report.send()
+                last_report = now
+            if self.max_jobs and self.done + self.failed >= self.max_jobs and not self.stopping:
+                log.info("%s: recycling after %d jobs (workers.max_jobs)", self.label, self.done + self.failed)
+                self.stopping = True
+            if self.stopping:
+                if tag is not None:
+                    self.channel.basic_cancel(tag)
+                    tag = None
+                    self._requeue_pending()
+                    self.report.send(state="draining")
+                    self._title("draining")
+                if self.inflight == 0:
+                    return
+
+    def _apply_settings(self) -> None:
+        for message in self.report.receive():
+            if "threads" in message and self.pipeline.transcriber.threads != message["threads"]:
+                log.info("%s: now using %d threads", self.label, message["threads"])
+                self.pipeline.transcriber.threads = self.threads = int(message["threads"])
+
+    def _sleep(self, seconds: float) -> None:
+        """Sleep in short steps, reporting, so a stop or the supervisor's watchdog is never starved."""
+        deadline = time.monotonic() + seconds
+        while not self.stopping and time.monotonic() < deadline:
+            time.sleep(min(0.5, max(0.0, deadline - time.monotonic())))
+            self._apply_settings()
+            self.report.send()
+
+    def _wait_idle(self) -> None:
+        """With no broker to ack to, still let the job in hand finish writing its result."""
+        while True:
+            with self.cond:
+                self.pending.clear()
+                if self.inflight == 0:
+                    return
+            time.sleep(0.2)
+            self.report.send()
+
+    # -- jobs ---------------------------------------------------------------------------------
+
+    def _on_message(self, ch: Any, method: Any, props: pika.BasicProperties, body: bytes) -> None:
+        with self.cond:
+            self.inflight += 1
+            self.pending.append(Delivery(ch, method.delivery_tag, props, body))
+            self.cond.notify()
+
+    def _requeue_pending(self) -> None:
+        with self.cond:
+            undone = list(self.pending)
+            self.pending.clear()
+            self.inflight -= len(undone)
+        for d in undone:
+            if d.channel.is_open:
+                d.channel.basic_nack(d.tag, requeue=True)
+
+    def _job_loop(self) -> None:
+        while True:
+            with self.cond:
+                while not self.pending:
+                    self.cond.wait()
+                delivery = self.pending.popleft()
+            try:
+                self._handle(delivery)
+            except Exception:
+                log.exception("%s: unexpected error handling a job; it will be redelivered", self.label)
+                self._settled()
+
+    def _handle(self, d: Delivery) -> None:
+        if d.attempts_before >= self.cfg.broker.max_attempts:
+            self._exhausted(d)
+            return
+        task_id = peek_task_id(d.body)
+        self._title(f"busy {task_id or '?'}")
+        self.report.send(state="busy", task=task_id, since=time.time(), deadline=None)
+        outcome = self.pipeline.run(d.body, on_started=self._on_started)
+        self._hand_back(d, outcome.completion, ack=outcome.ack)
+
+    def _on_started(self, job: Job, duration_s: float) -> None:
+        from whisperd.pipeline import job_deadline_s
+
+        self.report.send(deadline=job_deadline_s(self.cfg, duration_s), duration_s=duration_s)
+        if self.cfg.events.progress:
+            note = Completion(task_id=job.task_id, status=PROCESSING, duration_s=round(duration_s, 3), worker=self.name)
+            self._call_in_io_thread(functools.partial(self._publish_completion, self.channel, note, None))
+
+    def _exhausted(self, d: Delivery) -> None:
+        task_id = peek_task_id(d.body)
+        err = JobError(
+            ErrorCode.ATTEMPTS_EXHAUSTED,
+            f"the job ended its worker {d.attempts_before} times (crash, kill or timeout); moved to the dead-letter "
+            f"queue {broker.dead_letter_queue(self.cfg.broker)}",
+            task_id,
+        )
+        log.error("%s: task %s: %s", self.label, task_id or "?", err.message)
+        completion = Completion.failure(err, self.name) if task_id else None
+        self._hand_back(d, completion, ack=False)
+
+    def _hand_back(self, d: Delivery, completion: Completion | None, ack: bool) -> None:
+        if completion is not None:
+            if completion.status == FAILED:
+                self.failed += 1
+            else:
+                self.done += 1
+        self._call_in_io_thread(functools.partial(self._finish, d, completion, ack))
+
+    def _call_in_io_thread(self, callback: Any) -> None:
+        conn = self.connection
+        try:
+            if conn is None:
+                raise pika.exceptions.ConnectionWrongStateError("no connection")
+            conn.add_callback_threadsafe(callback)
+        except pika.exceptions.ConnectionWrongStateError:
+            # The connection died while the job ran; the broker requeued the job, and the
+            # stored result answers the redelivery without transcribing again.
+            if getattr(callback, "func", None) == self._finish:
+                self._settled()
+
+    def _finish(self, d: Delivery, completion: Completion | None, ack: bool) -> None:
+        """I/O thread: publish the completion with confirms, then ack (or dead-letter)."""
+        try:
+            if d.channel is not self.channel or not d.channel.is_open:
+                return  # delivered on a connection that is gone: it is back in the queue
+            if completion is not None:
+                self._publish_completion(d.channel, completion, d.props)
+            if ack:
+                d.channel.basic_ack(d.tag)
+            else:
+                d.channel.basic_reject(d.tag, requeue=False)
+        finally:
+            self._settled()
+
+    def _publish_completion(self, ch: Any, completion: Completion, job_props: pika.BasicProperties | None) -> None:
+        body = completion.to_json()
+        correlation_id = (job_props.correlation_id if job_props else None) or completion.task_id
+        props = broker.properties(correlation_id=correlation_id, message_id=f"{completion.task_id}:{completion.status}")
+        broker.publish(ch, self.cfg.broker.result_queue, body, props)
+        reply_to = job_props.reply_to if job_props else None
+        if reply_to and reply_to != self.cfg.broker.result_queue:
+            broker.publish(ch, reply_to, body, props, mandatory=False)
+
+    def _settled(self) -> None:
+        with self.cond:
+            self.inflight -= 1
+            idle = self.inflight == 0
+        if idle:
+            self.report.send(state="draining" if self.stopping else "idle", task=None, since=None, deadline=None,
+                             done=self.done, failed=self.failed)  # fmt: skip
+            self._title("draining" if self.stopping else "idle")
+        else:
+            self.report.send(done=self.done, failed=self.failed)
+
+
+def describe(e: BaseException) -> str:
+    text = str(e) or repr(e)
+    return f"{type(e).__name__}: {text}" if text != type(e).__name__ else text
