@@ -38,8 +38,11 @@ def job_deadline_s(cfg: Config, duration_s: float) -> float:
 
 
 class Pipeline:
-    def __init__(self, cfg: Config, transcriber: Transcriber, store: ResultStore, worker_name: str, threads: int = 1):
+    def __init__(
+        self, cfg: Config, transcriber: Transcriber, store: ResultStore, worker_name: str, label: str, threads: int = 1
+    ) -> None:
         self.cfg = cfg
+        self.label = label
         self.transcriber = transcriber
         self.store = store
         self.worker_name = worker_name
@@ -54,7 +57,7 @@ class Pipeline:
         try:
             stored = self.store.lookup(job)
             if stored is not None:
-                log.info("%s: task %s: already done, answering from the stored result", self.worker_name, job.task_id)
+                log.info("%s: task %s: already done, answering from the stored result", self.label, job.task_id)
                 stored.worker = self.worker_name
                 return Outcome(stored, reused=True)
             return Outcome(self._transcribe(job, started, on_started))
@@ -74,7 +77,7 @@ class Pipeline:
         except (MemoryError, JobError):
             raise
         except Exception as e:  # a model error on this input: report it, keep serving
-            log.exception("%s: task %s: transcription failed", self.worker_name, job.task_id)
+            log.exception("%s: task %s: transcription failed", self.label, job.task_id)
             raise JobError(ErrorCode.TRANSCRIPTION_FAILED, f"transcription failed: {e}", job.task_id) from e
         paths = self.store.write(job.task_id, result, job.formats)
         completion = Completion(
@@ -90,13 +93,13 @@ class Pipeline:
         self.store.commit(job, completion)
         log.info(
             "%s: task %s: done, %.1f s of %s audio in %.2f s",
-            self.worker_name, job.task_id, duration, completion.language, completion.processing_s,
+            self.label, job.task_id, duration, completion.language, completion.processing_s,
         )  # fmt: skip
         return completion
 
     def _failed(self, err: JobError, started: float) -> Outcome:
         task = f"task {err.task_id}" if err.task_id else "job without a valid task_id"
-        log.error("%s: %s: failed: %s: %s", self.worker_name, task, err.code, err.message)
+        log.error("%s: %s: failed: %s: %s", self.label, task, err.code, err.message)
         if err.task_id is None:
             return Outcome(None, ack=False)
         return Outcome(Completion.failure(err, self.worker_name, round(time.monotonic() - started, 3)))

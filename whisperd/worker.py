@@ -118,7 +118,7 @@ class Worker:
             self.label, self.cfg.model.name, transcriber.device, self.threads, time.monotonic() - started,
         )  # fmt: skip
         self.report.send(device=transcriber.device)
-        return Pipeline(self.cfg, transcriber, store, self.name, self.threads)
+        return Pipeline(self.cfg, transcriber, store, self.name, self.label, self.threads)
 
     def handle_term(self, signum: int, frame: Any) -> None:
         self.stopping = True

@@ -1,0 +1,36 @@
+# whisperd: `make demo` runs the daemon end to end on a sample, `make test` runs the test suite.
+# Both install what they need on Debian 12 first (system packages via apt, the venv via pip).
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PYTEST_ARGS ?=
+
+.PHONY: setup venv demo test lint fixture-model clean
+
+setup:
+	sh scripts/setup-debian.sh
+
+venv: $(VENV)/.installed
+
+$(VENV)/.installed: setup.py
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q torch==2.13.0
+	$(PY) -m pip install -q -e '.[test]'
+	touch $@
+
+demo: setup venv
+	PY=$(PY) sh scripts/demo.sh
+
+test: setup venv
+	$(PY) -m pytest $(PYTEST_ARGS) tests
+
+lint: venv
+	$(PY) -m ruff check whisperd tests bench
+	$(PY) -m ruff format --check whisperd tests bench
+
+fixture-model: venv
+	$(PY) tests/fixtures/build_model.py
+
+clean:
+	rm -rf $(VENV) .cache build dist *.egg-info
