@@ -260,7 +260,7 @@ class Daemon:
 
 def _title(p: psutil.Process) -> str:
     try:
-        return " ".join(p.cmdline())
+        return " ".join(p.cmdline()).strip()
     except psutil.Error:
         return ""
 

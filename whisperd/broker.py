@@ -16,6 +16,7 @@ import pika.exceptions
 from whisperd.config import BrokerConfig
 
 JSON = "application/json"
+BACKSTOP_EXTRA_DELIVERIES = 20
 
 
 def dead_letter_queue(cfg: BrokerConfig) -> str:
@@ -26,9 +27,10 @@ def job_queue_arguments(cfg: BrokerConfig) -> dict[str, Any]:
     """Arguments of the job queue; producers that declare it must pass the same ones."""
     return {
         "x-queue-type": "quorum",
-        # The broker's backstop: whisperd itself dead-letters a job once it has been tried
-        # max_attempts times, so the limit here is one higher than that.
-        "x-delivery-limit": cfg.max_attempts,
+        # Only a backstop: whisperd counts started attempts itself and dead-letters a job after
+        # max_attempts with a failed completion. The broker also counts harmless returns (a
+        # draining worker handing back a job it never started), so its limit is looser.
+        "x-delivery-limit": cfg.max_attempts + BACKSTOP_EXTRA_DELIVERIES,
         "x-dead-letter-exchange": "",
         "x-dead-letter-routing-key": dead_letter_queue(cfg),
     }
@@ -70,7 +72,11 @@ def declare(channel: Any, cfg: BrokerConfig) -> None:
 
 def properties(correlation_id: str | None = None, reply_to: str | None = None, **kw: Any) -> pika.BasicProperties:
     return pika.BasicProperties(
-        content_type=JSON, delivery_mode=pika.DeliveryMode.Persistent, correlation_id=correlation_id, reply_to=reply_to, **kw
+        content_type=JSON,
+        delivery_mode=pika.DeliveryMode.Persistent,
+        correlation_id=correlation_id,
+        reply_to=reply_to,
+        **kw,
     )
 
 

@@ -20,9 +20,7 @@ import numpy as np
 from whisperd.contract import ErrorCode, JobError
 
 SAMPLE_RATE = 16000
-DEMUXERS = (
-    "aac,ac3,aiff,amr,ape,asf,au,avi,caf,dts,eac3,flac,flv,matroska,mov,mp3,mpeg,mpegts,ogg,tta,w64,wav,wv"
-)
+DEMUXERS = "aac,ac3,aiff,amr,ape,asf,au,avi,caf,dts,eac3,flac,flv,matroska,mov,mp3,mpeg,mpegts,ogg,tta,w64,wav,wv"
 
 
 @dataclass
@@ -74,7 +72,9 @@ def open_media(media_root: str, audio_path: str, max_bytes: int, task_id: str | 
     try:
         opened = os.readlink(f"/proc/self/fd/{fd}")
         if not _inside(root, opened):
-            raise fail(ErrorCode.PATH_OUTSIDE_MEDIA_ROOT, f"audio_path {audio_path!r} points outside the media directory")
+            raise fail(
+                ErrorCode.PATH_OUTSIDE_MEDIA_ROOT, f"audio_path {audio_path!r} points outside the media directory"
+            )
         st = os.fstat(fd)
         if stat.S_ISDIR(st.st_mode):
             raise fail(ErrorCode.NOT_A_FILE, f"audio_path {audio_path!r} is a directory, not a file")

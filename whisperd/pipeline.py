@@ -60,14 +60,28 @@ class Pipeline:
                 log.info("%s: task %s: already done, answering from the stored result", self.label, job.task_id)
                 stored.worker = self.worker_name
                 return Outcome(stored, reused=True)
-            return Outcome(self._transcribe(job, started, on_started))
+            attempt = self.store.begin_attempt(job.task_id)
+            if attempt > self.cfg.broker.max_attempts:
+                raise JobError(
+                    ErrorCode.ATTEMPTS_EXHAUSTED,
+                    f"the job ended its worker {attempt - 1} times (crash, kill or time limit); giving up and "
+                    "moving it to the dead-letter queue",
+                    job.task_id,
+                )
+            outcome = Outcome(self._transcribe(job, started, on_started))
         except JobError as e:
-            return self._failed(e, started)
+            outcome = self._failed(e, started)
+            outcome.ack = e.code != ErrorCode.ATTEMPTS_EXHAUSTED
+        if outcome.completion is not None and outcome.completion.task_id:
+            self.store.end_attempts(outcome.completion.task_id)
+        return outcome
 
     def _transcribe(self, job: Job, started: float, on_started: Callable[[Job, float], None] | None) -> Completion:
         self.transcriber.check(job)
         limits = self.cfg.limits
-        with media.open_media(self.cfg.storage.media_root, job.audio_path, int(limits.max_file_mb * 2**20), job.task_id) as f:
+        with media.open_media(
+            self.cfg.storage.media_root, job.audio_path, int(limits.max_file_mb * 2**20), job.task_id
+        ) as f:
             audio = media.decode(f, limits.max_duration_s, job.task_id, self.threads)
         duration = len(audio) / media.SAMPLE_RATE
         if on_started:

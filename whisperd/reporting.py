@@ -34,7 +34,6 @@ class Reporter:
         except (BlockingIOError, ConnectionRefusedError, BrokenPipeError):
             pass  # the supervisor is busy or gone; the next report will do
 
-
     def receive(self) -> list[dict[str, Any]]:
         """Settings the supervisor sent since the last call (e.g. a new thread count)."""
         return read_reports(self.sock) if self.sock is not None else []

@@ -79,6 +79,30 @@ class ResultStore:
         with atomic_write(self._marker(job.task_id)) as f:
             json.dump({"job": asdict(job), "completion": asdict(completion)}, f, ensure_ascii=False)
 
+    def _attempts(self, task_id: str) -> str:
+        return os.path.join(self.marker_dir, f"{task_id}.attempts")
+
+    def begin_attempt(self, task_id: str) -> int:
+        """Count a started transcription of ``task_id`` on disk; returns this attempt's number.
+
+        Only work that really started counts: a job the broker hands back unstarted (a worker
+        draining, a consumer cancelled) does not use up an attempt, unlike x-delivery-count.
+        """
+        try:
+            with open(self._attempts(task_id), encoding="utf-8") as f:
+                before = int(f.read().strip() or 0)
+        except (FileNotFoundError, ValueError):
+            before = 0
+        with atomic_write(self._attempts(task_id)) as f:
+            f.write(str(before + 1))
+        return before + 1
+
+    def end_attempts(self, task_id: str) -> None:
+        try:
+            os.unlink(self._attempts(task_id))
+        except FileNotFoundError:
+            pass
+
     def lookup(self, job: Job) -> Completion | None:
         """The stored completion of this exact job, if it finished before and its files are intact."""
         try:

@@ -359,7 +359,11 @@ class Supervisor:
                 slot.last_error,
             )
             self.previous = None
-            self.cfg, self.generation, self.fingerprint = dataclasses.replace(cfg, workers=self.cfg.workers), generation, fingerprint
+            self.cfg, self.generation, self.fingerprint = (
+                dataclasses.replace(cfg, workers=self.cfg.workers),
+                generation,
+                fingerprint,
+            )
             slot.boot_failures = 0
             return
         log.critical(
@@ -496,7 +500,9 @@ class Supervisor:
             device = self.gpus.device_for(slot, self.cfg.model.device)
             if not self.gpus.has_room(device, self.cfg.model.device, self.cfg.model.name):
                 if state.not_before <= now:
-                    log.warning("worker %d: not enough free GPU memory for model %s; waiting", slot, self.cfg.model.name)
+                    log.warning(
+                        "worker %d: not enough free GPU memory for model %s; waiting", slot, self.cfg.model.name
+                    )
                     state.not_before = now + 30
                 continue
             self.spawn(slot)
@@ -505,9 +511,8 @@ class Supervisor:
 
     def _notify_progress(self) -> None:
         counted = [w for w in self.workers.values() if w.counted]
-        all_ready = (
-            len(counted) == self.cfg.workers.count
-            and all(w.ready and w.generation == self.generation for w in counted)
+        all_ready = len(counted) == self.cfg.workers.count and all(
+            w.ready and w.generation == self.generation for w in counted
         )
         if self.state in ("starting", "reloading") and all_ready:
             if self.state == "starting":

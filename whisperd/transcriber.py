@@ -68,7 +68,9 @@ class Transcriber:
         """Reject what this model cannot do before spending time on decoding audio."""
         self.language_code(job)
         if job.task == "translate" and not self.model.is_multilingual:
-            raise JobError(ErrorCode.UNSUPPORTED_TASK, f"model {self.name!r} is English-only: no translate", job.task_id)
+            raise JobError(
+                ErrorCode.UNSUPPORTED_TASK, f"model {self.name!r} is English-only: no translate", job.task_id
+            )
 
     def transcribe(self, audio: np.ndarray, job: Job, beam_size: int = 0) -> dict[str, Any]:
         self._torch.set_num_threads(self.threads)  # per calling thread with OpenMP, so set it here

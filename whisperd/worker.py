@@ -29,7 +29,7 @@ from setproctitle import setproctitle
 
 from whisperd import broker
 from whisperd.config import Config
-from whisperd.contract import FAILED, PROCESSING, Completion, ErrorCode, Job, JobError, peek_task_id
+from whisperd.contract import FAILED, PROCESSING, Completion, Job, peek_task_id
 from whisperd.reporting import Reporter
 
 log = logging.getLogger("whisperd.worker")
@@ -45,15 +45,6 @@ class Delivery:
     props: pika.BasicProperties
     body: bytes
 
-    @property
-    def attempts_before(self) -> int:
-        """Earlier deliveries of this message that ended without an ack (quorum queue header)."""
-        headers = self.props.headers or {}
-        try:
-            return int(headers.get("x-delivery-count", 0))
-        except (TypeError, ValueError):
-            return 0
-
 
 class Backoff:
     def __init__(self, first: float, limit: float) -> None:
@@ -68,7 +59,9 @@ class Backoff:
 
 
 class Worker:
-    def __init__(self, cfg: Config, slot: int, threads: int, sock: socket.socket | None = None, device: str | None = None):
+    def __init__(
+        self, cfg: Config, slot: int, threads: int, sock: socket.socket | None = None, device: str | None = None
+    ):
         self.cfg = cfg
         self.slot = slot
         self.threads = threads
@@ -84,7 +77,9 @@ class Worker:
         self.inflight = 0
         self.done = 0
         self.failed = 0
-        self.max_jobs = cfg.workers.max_jobs + random.randint(0, cfg.workers.max_jobs_jitter) if cfg.workers.max_jobs else 0
+        self.max_jobs = (
+            cfg.workers.max_jobs + random.randint(0, cfg.workers.max_jobs_jitter) if cfg.workers.max_jobs else 0
+        )
 
     # -- process life -------------------------------------------------------------------------
 
@@ -140,7 +135,9 @@ class Worker:
             backoff.reset()
             self.ever_connected = True
             if self.outage_since is not None:
-                log.info("%s: broker connection restored after %.0f s", self.label, time.monotonic() - self.outage_since)
+                log.info(
+                    "%s: broker connection restored after %.0f s", self.label, time.monotonic() - self.outage_since
+                )
                 self.outage_since = None
 
         while not self.stopping:
@@ -269,9 +266,6 @@ class Worker:
                 self._settled()
 
     def _handle(self, d: Delivery) -> None:
-        if d.attempts_before >= self.cfg.broker.max_attempts:
-            self._exhausted(d)
-            return
         task_id = peek_task_id(d.body)
         self._title(f"busy {task_id or '?'}")
         self.report.send(state="busy", task=task_id, since=time.time(), deadline=None)
@@ -285,18 +279,6 @@ class Worker:
         if self.cfg.events.progress:
             note = Completion(task_id=job.task_id, status=PROCESSING, duration_s=round(duration_s, 3), worker=self.name)
             self._call_in_io_thread(functools.partial(self._publish_completion, self.channel, note, None))
-
-    def _exhausted(self, d: Delivery) -> None:
-        task_id = peek_task_id(d.body)
-        err = JobError(
-            ErrorCode.ATTEMPTS_EXHAUSTED,
-            f"the job ended its worker {d.attempts_before} times (crash, kill or timeout); moved to the dead-letter "
-            f"queue {broker.dead_letter_queue(self.cfg.broker)}",
-            task_id,
-        )
-        log.error("%s: task %s: %s", self.label, task_id or "?", err.message)
-        completion = Completion.failure(err, self.name) if task_id else None
-        self._hand_back(d, completion, ack=False)
 
     def _hand_back(self, d: Delivery, completion: Completion | None, ack: bool) -> None:
         if completion is not None:

@@ -1,0 +1,83 @@
+"""Config loading and validation (unit tests of whisperd.config, plus the check-config command)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from whisperd import config
+from whisperd.config import ConfigError
+
+REPO_ETC = config.Path(__file__).resolve().parent.parent / "etc" / "whisperd.toml"
+
+
+def test_shipped_config_is_valid_and_lists_every_key():
+    cfg = config.load(str(REPO_ETC))
+    text = REPO_ETC.read_text()
+    for section, values in cfg.to_dict().items():
+        assert f"[{section}]" in text
+        for key in values:
+            assert f"\n{key} = " in text, f"{section}.{key} is not documented in etc/whisperd.toml"
+
+
+def test_empty_file_gives_the_documented_defaults():
+    cfg = config.parse({})
+    assert cfg.broker.url == "amqp://guest:guest@localhost:5672/%2F"
+    assert (cfg.broker.job_queue, cfg.broker.result_queue, cfg.broker.prefetch, cfg.broker.heartbeat) == (
+        "whisperd.jobs", "whisperd.results", 1, 60,
+    )  # fmt: skip
+    assert (cfg.model.download_root, cfg.model.device) == ("/var/lib/whisperd/models", "auto")
+    assert cfg.workers.count == 1
+
+
+@pytest.mark.parametrize(
+    ("raw", "message"),
+    [
+        ({"broker": {"prefetch": 0}}, "broker.prefetch: must be >= 1"),
+        ({"broker": {"url": "http://x"}}, "broker.url: must be an amqp://"),
+        ({"broker": {"heartbeat": "60"}}, "broker.heartbeat: must be an integer"),
+        ({"workers": {"count": True}}, "workers.count: must be an integer"),
+        ({"workers": {"count": 0}}, "workers.count: must be between 1 and 256"),
+        ({"workers": {"cuont": 2}}, "workers.cuont: unknown key"),
+        ({"wokers": {}}, "wokers: unknown section"),
+        ({"model": {"device": "gpu"}}, "model.device: must be auto, cpu, cuda or cuda:N"),
+        ({"storage": {"media_root": "relative"}}, "storage.media_root: must be an absolute path"),
+        ({"transcribe": {"formats": ["txt", "docx"]}}, "transcribe.formats:"),
+        ({"workers": {"max_rss_mb": 500, "hard_rss_mb": 100}}, "workers.hard_rss_mb: must be >= workers.max_rss_mb"),
+    ],
+)
+def test_bad_values_name_the_key(raw, message):
+    with pytest.raises(ConfigError) as e:
+        config.parse(raw)
+    assert str(e.value).startswith(message)
+    assert "\n" not in str(e.value)
+
+
+def test_path_resolution_order(monkeypatch, tmp_path):
+    monkeypatch.delenv(config.ENV_VAR, raising=False)
+    assert config.resolve_path(None) == config.DEFAULT_PATH
+    monkeypatch.setenv(config.ENV_VAR, str(tmp_path / "env.toml"))
+    assert config.resolve_path(None) == tmp_path / "env.toml"
+    assert config.resolve_path("/x.toml") == config.Path("/x.toml")
+
+
+def test_check_config_command(tmp_path):
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[workers]\ncount = 'two'\n")
+    run = subprocess.run(
+        [sys.executable, "-m", "whisperd", "check-config", "--config", str(bad)], capture_output=True, text=True
+    )
+    assert run.returncode == 1
+    assert run.stderr.strip() == f"whisperd: config error: {bad}: workers.count: must be an integer (got 'two')"
+    good = subprocess.run(
+        [sys.executable, "-m", "whisperd", "check-config", "--config", str(REPO_ETC)], capture_output=True
+    )
+    assert good.returncode == 0
+    broken = tmp_path / "broken.toml"
+    broken.write_text("[workers\n")
+    run = subprocess.run(
+        [sys.executable, "-m", "whisperd", "run", "--config", str(broken)], capture_output=True, text=True
+    )
+    assert run.returncode == 2 and "not valid TOML" in run.stderr

@@ -1,0 +1,73 @@
+"""The job/completion contract (unit tests of whisperd.contract) and its JSON Schema files."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import jsonschema
+import pytest
+
+from whisperd.contract import Completion, ErrorCode, JobError, parse_job, peek_task_id
+
+SCHEMA = Path(__file__).resolve().parent.parent / "whisperd" / "schema"
+
+
+def schema(name):
+    return json.loads((SCHEMA / f"{name}.schema.json").read_text())
+
+
+def test_minimal_job_gets_defaults_and_ignores_unknown_fields():
+    job = parse_job(b'{"task_id": "a-1", "audio_path": "x.wav", "uploader": "api"}')
+    assert (job.task_id, job.audio_path, job.language, job.task, job.formats) == (
+        "a-1", "x.wav", None, "transcribe", ("json", "txt"),
+    )  # fmt: skip
+
+
+def test_full_job_and_masstransit_envelope():
+    inner = {"task_id": "t.2", "audio_path": "a/b c.mp3", "language": "ES", "task": "translate",
+             "formats": ["srt", "vtt"], "word_timestamps": True, "initial_prompt": "Hola"}  # fmt: skip
+    job = parse_job(json.dumps(inner).encode())
+    assert (job.language, job.task, job.formats, job.word_timestamps) == ("es", "translate", ("srt", "vtt"), True)
+    wrapped = {"messageId": "abc", "messageType": ["urn:message:Api:Transcribe"], "message": inner}
+    assert parse_job(json.dumps(wrapped).encode()) == job
+    jsonschema.validate(inner, schema("job"))
+
+
+@pytest.mark.parametrize(
+    ("body", "code", "task_id"),
+    [
+        (b"\xff\xfe", ErrorCode.INVALID_JOB, None),
+        (b"[1, 2]", ErrorCode.INVALID_JOB, None),
+        (b'{"audio_path": "x"}', ErrorCode.INVALID_TASK_ID, None),
+        (b'{"task_id": "../x", "audio_path": "x"}', ErrorCode.INVALID_TASK_ID, None),
+        (b'{"task_id": "' + b"a" * 129 + b'", "audio_path": "x"}', ErrorCode.INVALID_TASK_ID, None),
+        (b'{"task_id": "t", "audio_path": ""}', ErrorCode.INVALID_AUDIO_PATH, "t"),
+        (b'{"task_id": "t", "audio_path": 5}', ErrorCode.INVALID_AUDIO_PATH, "t"),
+        (b'{"task_id": "t", "audio_path": "x", "task": "summarise"}', ErrorCode.UNSUPPORTED_TASK, "t"),
+        (b'{"task_id": "t", "audio_path": "x", "formats": ["pdf"]}', ErrorCode.UNSUPPORTED_FORMAT, "t"),
+        (b'{"task_id": "t", "audio_path": "x", "formats": []}', ErrorCode.UNSUPPORTED_FORMAT, "t"),
+        (b'{"task_id": "t", "audio_path": "x", "language": 7}', ErrorCode.UNSUPPORTED_LANGUAGE, "t"),
+        (b'{"task_id": "t", "audio_path": "x", "word_timestamps": "yes"}', ErrorCode.INVALID_OPTION, "t"),
+    ],
+)
+def test_invalid_jobs_get_specific_codes(body, code, task_id):
+    with pytest.raises(JobError) as e:
+        parse_job(body)
+    assert (e.value.code, e.value.task_id) == (code, task_id)
+    assert peek_task_id(body) == task_id
+
+
+def test_schema_rejects_what_the_parser_rejects():
+    validator = jsonschema.Draft202012Validator(schema("job"))
+    assert not validator.is_valid({"task_id": "../x", "audio_path": "x"})
+    assert not validator.is_valid({"task_id": "t", "audio_path": "x", "formats": ["pdf"]})
+    assert not validator.is_valid({"audio_path": "x"})
+
+
+def test_completions_match_the_schema():
+    done = Completion("t", "done", "hi", "en", 1.0, 0.5, {"txt": "/r/t.txt"}, None, "h:worker-1:9")
+    failed = Completion.failure(JobError(ErrorCode.FILE_NOT_FOUND, "missing", "t"), "h:worker-1:9")
+    for c in (done, failed):
+        jsonschema.validate(json.loads(c.to_json()), schema("completion"))
+        assert Completion.from_json(c.to_json()) == c

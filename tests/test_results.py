@@ -1,0 +1,60 @@
+"""Result files (unit tests of whisperd.results with whisper's real writers)."""
+
+from __future__ import annotations
+
+import json
+
+from whisperd.contract import Completion, Job
+from whisperd.results import ResultStore
+
+RESULT = {
+    "text": " Hola mundo.",
+    "language": "es",
+    "segments": [{"id": 0, "seek": 0, "start": 0.0, "end": 1.5, "text": " Hola mundo.", "tokens": [1, 2]}],
+}
+
+
+def test_every_format_is_written_with_whispers_writers(tmp_path):
+    store = ResultStore(str(tmp_path))
+    paths = store.write("t1", RESULT, ("json", "txt", "srt", "vtt", "tsv"))
+    assert json.loads(open(paths["json"]).read())["segments"][0]["text"] == " Hola mundo."
+    assert open(paths["txt"]).read() == "Hola mundo.\n"
+    assert "00:00:00,000 --> 00:00:01,500" in open(paths["srt"]).read()
+    assert open(paths["vtt"]).read().startswith("WEBVTT")
+    assert open(paths["tsv"]).read().splitlines()[1] == "0\t1500\tHola mundo."
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        ".whisperd",
+        "t1.json",
+        "t1.srt",
+        "t1.tsv",
+        "t1.txt",
+        "t1.vtt",
+    ]
+
+
+def test_rewrite_replaces_atomically_and_leaves_no_temp_files(tmp_path):
+    store = ResultStore(str(tmp_path))
+    store.write("t1", RESULT, ("txt",))
+    store.write("t1", {**RESULT, "segments": [{**RESULT["segments"][0], "text": " Adiós."}]}, ("txt",))
+    assert (tmp_path / "t1.txt").read_text() == "Adiós.\n"
+    assert [p.name for p in tmp_path.iterdir() if p.name.endswith(".tmp")] == []
+
+
+def test_lookup_only_answers_the_same_job_with_intact_files(tmp_path):
+    store = ResultStore(str(tmp_path))
+    job = Job("t1", "a.wav")
+    paths = store.write("t1", RESULT, job.formats)
+    done = Completion("t1", "done", "Hola mundo.", "es", 1.5, 0.1, paths, None, "w")
+    assert store.lookup(job) is None
+    store.commit(job, done)
+    assert store.lookup(job) == done
+    assert store.lookup(Job("t1", "other.wav")) is None
+    (tmp_path / "t1.txt").unlink()
+    assert store.lookup(job) is None
+
+
+def test_attempts_are_counted_until_ended(tmp_path):
+    store = ResultStore(str(tmp_path))
+    assert [store.begin_attempt("t"), store.begin_attempt("t")] == [1, 2]
+    store.end_attempts("t")
+    assert store.begin_attempt("t") == 1

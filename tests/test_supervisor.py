@@ -1,0 +1,133 @@
+"""The supervisor for real: `whisperd run` forking workers, real signals, a fake NOTIFY_SOCKET."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+
+import psutil
+from clips import JFK
+from conftest import wait_for
+
+
+def submit(broker, daemon, source, task_id):
+    name = daemon.stage(source, f"{task_id}{source.suffix}")
+    broker.publish({"task_id": task_id, "audio_path": name})
+
+
+def test_notify_protocol_titles_and_no_torch_in_the_supervisor(broker, daemon_factory):
+    d = daemon_factory(workers={"count": 2}).start(env={"WATCHDOG_USEC": "1000000"})
+    assert d.titles() == ["whisperd: worker 1 [idle]", "whisperd: worker 2 [idle]"]
+    sup = psutil.Process(d.pid)
+    assert " ".join(sup.cmdline()).strip() == "whisperd: supervisor [2 workers]"
+    maps = open(f"/proc/{d.pid}/maps").read()
+    assert "libtorch" not in maps and "libcuda" not in maps
+    assert sup.memory_info().rss < 60 * 2**20
+    threads = max(1, len(os.sched_getaffinity(0)) // 2)
+    assert d.log().count(f"loaded on cpu with {threads} threads") == 2
+    submit(broker, d, JFK.path, "n1")
+    broker.completions(1, 60)
+    wait_for(lambda: any(s.startswith("0/2 busy, 1 done") for s in d.notify.statuses()), 10, "STATUS with 1 done")
+    assert "broker ok" in d.notify.statuses()[-1]
+    wait_for(lambda: d.notify.count("WATCHDOG=1") >= 2, 10, "two watchdog pings")
+
+    d.signal(signal.SIGHUP)
+    wait_for(lambda: d.notify.count("READY=1") == 2, 30, "READY after the reload")
+    lines = d.notify.lines()
+    reloading = lines.index("RELOADING=1")
+    assert lines[reloading + 1].startswith("MONOTONIC_USEC=")
+    assert abs(int(lines[reloading + 1].split("=")[1]) - time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000) < 60e6
+    assert lines.index("READY=1", reloading) > reloading
+
+    d.signal(signal.SIGTERM)
+    assert d.wait_exit(30) == 0
+    assert "STOPPING=1" in d.notify.lines()
+    senders = {pid for pid, _ in d.notify.messages}
+    assert senders == {d.pid}, f"notifications from {senders}, supervisor is {d.pid}"
+
+
+def test_kill_9_of_a_busy_worker_replaces_it_and_the_job_completes_once(broker, daemon_factory, long_audio):
+    d = daemon_factory(workers={"count": 1}).start()
+    submit(broker, d, long_audio, "killed-job")
+    victim = d.busy_worker()
+    victim.send_signal(signal.SIGKILL)
+    wait_for(lambda: [w.pid for w in d.workers()] not in ([], [victim.pid]), 30, "a replacement worker")
+    [c] = broker.completions(1, 120)
+    assert (c["task_id"], c["status"]) == ("killed-job", "done")
+    assert c["worker"].split(":")[2] != str(victim.pid)
+    assert "killed by SIGKILL" in d.log() and "which goes back to the queue" in d.log()
+    assert broker.get(broker.result_queue, 3) is None
+
+
+def test_reload_scales_2_to_4_to_1_without_losing_jobs(broker, daemon_factory):
+    d = daemon_factory(workers={"count": 2}).start()
+    for i in range(6):
+        submit(broker, d, JFK.path, f"scale-a{i}")
+    d.configure(workers={"count": 4})
+    d.signal(signal.SIGHUP)
+    wait_for(lambda: len(d.workers()) == 4, 60, "4 workers")
+    d.wait_ready(count=2)
+    assert d.titles()[-1] == "whisperd: worker 4 [idle]" or "busy" in d.titles()[-1]
+    for i in range(6):
+        submit(broker, d, JFK.path, f"scale-b{i}")
+    d.configure(workers={"count": 1})
+    d.signal(signal.SIGHUP)
+    wait_for(lambda: len(d.workers()) == 1, 60, "1 worker")
+    for i in range(3):
+        submit(broker, d, JFK.path, f"scale-c{i}")
+    got = broker.completions(15, 120)
+    assert sorted(c["task_id"] for c in got) == sorted(
+        [f"scale-a{i}" for i in range(6)] + [f"scale-b{i}" for i in range(6)] + [f"scale-c{i}" for i in range(3)]
+    )
+    assert all(c["status"] == "done" for c in got)
+    assert broker.get(broker.result_queue, 2) is None
+    assert "scaled down" in d.log()
+
+
+def test_sigterm_during_a_job_drains_it_and_exits_0(broker, daemon_factory, long_audio):
+    d = daemon_factory(workers={"count": 1, "drain_timeout": 120.0}).start()
+    submit(broker, d, long_audio, "drain-me")
+    d.busy_worker()
+    d.signal(signal.SIGTERM)
+    assert d.wait_exit(120) == 0
+    [c] = broker.completions(1, 5)
+    assert (c["task_id"], c["status"]) == ("drain-me", "done")
+    assert broker.depth(broker.job_queue) == (0, 0)
+    assert "EXTEND_TIMEOUT_USEC=125000000" in "\n".join(d.notify.lines())
+
+
+def test_memory_limit_recycles_a_worker_after_its_job(broker, daemon_factory, long_audio):
+    d = daemon_factory(workers={"count": 1}).start()
+    submit(broker, d, long_audio, "big")
+    first = d.busy_worker()
+    d.configure(workers={"max_rss_mb": 50})
+    d.signal(signal.SIGHUP)
+    wait_for(lambda: "recycling it after its job" in d.log(), 30, "the recycle decision")
+    assert first.is_running()
+    [c] = broker.completions(1, 120)
+    assert (c["task_id"], c["status"]) == ("big", "done")
+    wait_for(lambda: not first.is_running() or first.status() == psutil.STATUS_ZOMBIE, 30, "the old worker to exit")
+    wait_for(lambda: any(w.pid != first.pid for w in d.workers()), 30, "a fresh worker")
+
+
+def test_worker_without_heartbeat_is_killed_and_replaced(broker, daemon_factory):
+    d = daemon_factory(workers={"count": 1, "timeout": 3.0}).start()
+    [stuck] = d.workers()
+    stuck.suspend()
+    wait_for(lambda: "no heartbeat" in d.log(), 30, "the heartbeat timeout")
+    wait_for(lambda: [w.pid for w in d.workers()] not in ([], [stuck.pid]), 60, "a replacement worker")
+    submit(broker, d, JFK.path, "after-hang")
+    [c] = broker.completions(1, 60)
+    assert c["status"] == "done"
+
+
+def test_unloadable_model_stops_after_bounded_attempts(broker, daemon_factory):
+    d = daemon_factory(model={"name": "/nonexistent/model.pt"}, workers={"count": 2, "boot_attempts": 3})
+    d.start(wait_ready=False)
+    assert d.wait_exit(120) == 1
+    log = d.log()
+    assert "giving up: worker" in log and "failed to start 3 times in a row" in log
+    assert "/nonexistent/model.pt" in log
+    assert log.count("failed to start (") <= 6
+    assert any(s.startswith("failed: ") for s in d.notify.statuses())
