@@ -7,8 +7,8 @@ import shutil
 import subprocess
 
 import pytest
-
 from clips import JFK
+
 from whisperd import media
 from whisperd.contract import ErrorCode, JobError
 
@@ -72,8 +72,8 @@ def test_file_problems_have_their_own_codes(root):
 
 def test_playlists_cannot_pull_in_other_files(root, tmp_path):
     segment = tmp_path / "outside.ts"
-    subprocess.run(["ffmpeg", "-nostdin", "-v", "error", "-i", str(JFK.path), "-c:a", "aac", "-f", "mpegts", str(segment)],
-                   check=True)  # fmt: skip
+    encode = ["ffmpeg", "-nostdin", "-v", "error", "-i", str(JFK.path), "-c:a", "aac", "-f", "mpegts", str(segment)]
+    subprocess.run(encode, check=True)
     (root / "list.m3u8").write_text(f"#EXTM3U\n#EXT-X-TARGETDURATION:11\n#EXTINF:11,\n{segment}\n#EXT-X-ENDLIST\n")
     # Plain ffmpeg follows the playlist out of the media directory ...
     plain = subprocess.run(["ffmpeg", "-nostdin", "-v", "error", "-i", str(root / "list.m3u8"), "-f", "null", "-"],

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import pytest
-
 from clips import CLIPS, FIXTURE_MODEL
+
 from whisperd import media
 from whisperd.config import ModelConfig
 from whisperd.contract import ErrorCode, Job, JobError
