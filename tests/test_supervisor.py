@@ -93,7 +93,7 @@ def test_sigterm_during_a_job_drains_it_and_exits_0(broker, daemon_factory, long
     assert d.wait_exit(120) == 0
     [c] = broker.completions(1, 5)
     assert (c["task_id"], c["status"]) == ("drain-me", "done")
-    assert broker.depth(broker.job_queue) == (0, 0)
+    wait_for(lambda: broker.depth(broker.job_queue) == (0, 0), 20, "the job acked (queue stats lag a few seconds)")
     assert "EXTEND_TIMEOUT_USEC=125000000" in "\n".join(d.notify.lines())
 
 
