@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import time
 
 import psutil
-from clips import JFK
+from clips import FIXTURE_MODEL, JFK
 from conftest import wait_for
 
 
@@ -131,3 +132,30 @@ def test_unloadable_model_stops_after_bounded_attempts(broker, daemon_factory):
     assert "/nonexistent/model.pt" in log
     assert log.count("failed to start (") <= 6
     assert any(s.startswith("failed: ") for s in d.notify.statuses())
+
+
+def test_reload_rolls_workers_on_model_change_and_keeps_running_on_a_bad_config(broker, daemon_factory, tmp_path):
+    d = daemon_factory(workers={"count": 2}).start()
+    before = {w.pid for w in d.workers()}
+    d.config_path.write_text(d.config_path.read_text() + "\n[workers]\nbogus = 1\n")
+    d.signal(signal.SIGHUP)
+    wait_for(lambda: "reload failed, keeping the running configuration" in d.log(), 30, "the refused reload")
+    assert {w.pid for w in d.workers()} == before
+    copy = tmp_path / "copy-of-fixture.pt"
+    shutil.copyfile(FIXTURE_MODEL, copy)
+    d.configure(model={"name": str(copy)})
+    d.signal(signal.SIGHUP)
+    ready_seen = []
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and d.log().count("replaced after reload; it finishes") < 2:
+        ready_seen.append(sum(1 for t in d.titles() if "[idle]" in t or "[busy" in t))
+        time.sleep(0.1)
+    d.wait_ready(count=3)
+    assert d.log().count("replaced after reload; it finishes") == 2
+    assert min(ready_seen) >= 1, "capacity dropped to zero during the rolling reload"
+    wait_for(lambda: len(d.workers()) == 2, 30, "the last old worker to exit")
+    after = {w.pid for w in d.workers()}
+    assert not after & before
+    submit(broker, d, JFK.path, "after-roll")
+    [c] = broker.completions(1, 60)
+    assert c["status"] == "done"
