@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import errno
+import json
 import logging
 import os
 import select
@@ -238,8 +239,6 @@ class Supervisor:
         self.state = "reloading"
 
     def _tell_workers(self, **message: Any) -> None:
-        import json
-
         payload = json.dumps(message).encode()
         for w in self.workers.values():
             try:
