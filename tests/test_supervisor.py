@@ -159,3 +159,19 @@ def test_reload_rolls_workers_on_model_change_and_keeps_running_on_a_bad_config(
     submit(broker, d, JFK.path, "after-roll")
     [c] = broker.completions(1, 60)
     assert c["status"] == "done"
+
+
+def test_sigquit_stops_at_once_and_the_job_in_flight_goes_back_to_the_queue(broker, daemon_factory, long_audio):
+    d = daemon_factory(workers={"count": 1, "drain_timeout": 600.0}).start()
+    submit(broker, d, long_audio, "quit-me")
+    [worker] = [d.busy_worker()]
+    d.signal(signal.SIGQUIT)
+    assert d.wait_exit(15) == 0
+    assert not worker.is_running() or worker.status() == psutil.STATUS_ZOMBIE
+    assert "fast stop: 1 workers, 1 busy" in d.log()
+    assert broker.get(broker.result_queue, 1) is None, "a fast stop must not finish the job"
+    wait_for(lambda: broker.depth(broker.job_queue) == (1, 0), 20, "the job back in the queue, unacked")
+    d.start()
+    [c] = broker.completions(1, 120)
+    assert (c["task_id"], c["status"]) == ("quit-me", "done")
+    assert broker.get(broker.result_queue, 2) is None
