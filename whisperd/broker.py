@@ -13,10 +13,11 @@ from typing import Any
 import pika
 import pika.exceptions
 
-from whisperd.config import BrokerConfig
+from whisperd.config import BrokerConfig, Config, job_deadline_s
 
 JSON = "application/json"
 BACKSTOP_EXTRA_DELIVERIES = 20
+CONSUMER_TIMEOUT_MARGIN_S = 600
 
 
 def dead_letter_queue(cfg: BrokerConfig) -> str:
@@ -34,6 +35,26 @@ def job_queue_arguments(cfg: BrokerConfig) -> dict[str, Any]:
         "x-dead-letter-exchange": "",
         "x-dead-letter-routing-key": dead_letter_queue(cfg),
     }
+
+
+def consumer_timeout_ms(cfg: Config) -> int:
+    """The per-consumer ack timeout whisperd asks for: longer than any job may legally run.
+
+    RabbitMQ closes a channel whose delivery stays unacked past ``consumer_timeout`` (30 min by
+    default), which would requeue a long transcription forever. whisperd enforces its own job
+    deadline (``limits.job_timeout_s``), so the broker's must only be a backstop above it.
+    """
+    longest = cfg.limits.job_timeout_s or job_deadline_s(cfg, cfg.limits.max_duration_s)
+    return int((longest + CONSUMER_TIMEOUT_MARGIN_S) * 1000)
+
+
+def supports_consumer_timeout(server_version: str) -> bool:
+    """``x-consumer-timeout`` as a consumer argument is honoured from RabbitMQ 3.11.15 on (older ignore it)."""
+    try:
+        parts = tuple(int(x) for x in server_version.split("+")[0].split("-")[0].split(".")[:3])
+    except ValueError:
+        return False
+    return parts >= (3, 11, 15)
 
 
 def connection_parameters(cfg: BrokerConfig, name: str) -> pika.URLParameters:

@@ -211,3 +211,10 @@ def load(explicit: str | None = None) -> Config:
         return parse(raw, str(path))
     except ConfigError as e:
         raise ConfigError(f"{path}: {e}") from None
+
+
+def job_deadline_s(cfg: Config, duration_s: float) -> float:
+    """How long a job may take before its worker is considered stuck (``limits.job_timeout_s``)."""
+    if cfg.limits.job_timeout_s:
+        return cfg.limits.job_timeout_s
+    return 300.0 + 10.0 * duration_s

@@ -30,13 +30,6 @@ class Outcome:
     reused: bool = False
 
 
-def job_deadline_s(cfg: Config, duration_s: float) -> float:
-    """How long a job may take before its worker is considered stuck."""
-    if cfg.limits.job_timeout_s:
-        return cfg.limits.job_timeout_s
-    return 300.0 + 10.0 * duration_s
-
-
 class Pipeline:
     def __init__(
         self, cfg: Config, transcriber: Transcriber, store: ResultStore, worker_name: str, label: str, threads: int = 1

@@ -28,7 +28,7 @@ import pika.exceptions
 from setproctitle import setproctitle
 
 from whisperd import broker
-from whisperd.config import Config
+from whisperd.config import Config, job_deadline_s
 from whisperd.contract import FAILED, PROCESSING, Completion, Job, peek_task_id
 from whisperd.reporting import Reporter
 
@@ -187,7 +187,12 @@ class Worker:
         self.channel.confirm_delivery()
         self.channel.basic_qos(prefetch_count=self.cfg.broker.prefetch)
         broker.declare(self.channel, self.cfg.broker)
-        tag = self.channel.basic_consume(self.cfg.broker.job_queue, self._on_message)
+        timeout_ms = broker.consumer_timeout_ms(self.cfg)
+        tag = self.channel.basic_consume(
+            self.cfg.broker.job_queue, self._on_message, arguments={"x-consumer-timeout": timeout_ms}
+        )
+        if not self.ever_connected:
+            self._check_consumer_timeout(timeout_ms)
         on_connected()
         self.report.send(broker="ok", state="idle" if self.inflight == 0 else "busy")
         self._title("idle")
@@ -211,6 +216,19 @@ class Worker:
                     self._title("draining")
                 if self.inflight == 0:
                     return
+
+    def _check_consumer_timeout(self, timeout_ms: int) -> None:
+        """Say once whether the broker honours our ack timeout, or long jobs may be cut at its own."""
+        version = self.connection._impl.server_properties.get("version", b"")
+        version = version.decode() if isinstance(version, bytes) else str(version)
+        if broker.supports_consumer_timeout(version):
+            log.debug("%s: RabbitMQ %s: consumer ack timeout %.0f s", self.label, version, timeout_ms / 1000)
+        elif self.slot == 1:
+            log.warning(
+                "%s: RabbitMQ %s ignores per-consumer ack timeouts (3.11.15+): its consumer_timeout (default "
+                "30 min) must exceed the longest job, up to %.0f s here, or long jobs are requeued; see the README",
+                self.label, version or "(unknown version)", timeout_ms / 1000,
+            )  # fmt: skip
 
     def _apply_settings(self) -> None:
         for message in self.report.receive():
@@ -273,8 +291,6 @@ class Worker:
         self._hand_back(d, outcome.completion, ack=outcome.ack)
 
     def _on_started(self, job: Job, duration_s: float) -> None:
-        from whisperd.pipeline import job_deadline_s
-
         self.report.send(deadline=job_deadline_s(self.cfg, duration_s), duration_s=duration_s)
         if self.cfg.events.progress:
             note = Completion(task_id=job.task_id, status=PROCESSING, duration_s=round(duration_s, 3), worker=self.name)
