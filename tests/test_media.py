@@ -7,7 +7,7 @@ import shutil
 import subprocess
 
 import pytest
-from clips import JFK
+from clips import CLIPS, JFK, SPANISH
 
 from whisperd import media
 from whisperd.contract import ErrorCode, JobError
@@ -83,3 +83,44 @@ def test_playlists_cannot_pull_in_other_files(root, tmp_path):
     assert code_of(root, "list.m3u8") == ErrorCode.INVALID_AUDIO
     (root / "cat.ffconcat").write_text(f"ffconcat version 1.0\nfile '{segment}'\n")
     assert code_of(root, "cat.ffconcat") == ErrorCode.INVALID_AUDIO
+
+
+@pytest.mark.parametrize(
+    ("name", "make"),
+    [
+        ("half.flac", lambda: JFK.path.read_bytes()[: JFK.path.stat().st_size // 2]),
+        ("half.wav", lambda: SPANISH.path.read_bytes()[: SPANISH.path.stat().st_size // 3]),
+    ],
+)
+def test_truncated_uploads_are_refused_not_transcribed_in_part(root, name, make):
+    """A cut-off upload decodes partly without an ffmpeg error; whisperd must still refuse it."""
+    (root / name).write_bytes(make())
+    with pytest.raises(JobError) as e:
+        load(root, name)
+    assert e.value.code == ErrorCode.INVALID_AUDIO
+    assert "damaged or truncated" in e.value.message
+
+
+def test_truncated_mp3_is_refused_and_a_whole_one_decodes(root):
+    whole = root / "whole.mp3"
+    subprocess.run(["ffmpeg", "-nostdin", "-v", "error", "-i", str(JFK.path), "-b:a", "64k", str(whole)], check=True)
+    assert abs(len(load(root, "whole.mp3")) / 16000 - 11.0) < 0.1
+    (root / "cut.mp3").write_bytes(whole.read_bytes()[: whole.stat().st_size // 2])
+    assert code_of(root, "cut.mp3") == ErrorCode.INVALID_AUDIO
+
+
+@pytest.mark.parametrize("clip", CLIPS, ids=lambda c: c.audio)
+def test_every_sample_clip_decodes_without_a_damage_warning(root, clip):
+    shutil.copyfile(clip.path, root / clip.audio)
+    assert len(load(root, clip.audio)) > 16000
+
+
+@pytest.mark.parametrize(
+    ("ext", "opts"),
+    [("m4a", ["-c:a", "aac"]), ("ogg", ["-c:a", "libopus"]), ("webm", ["-c:a", "libopus"]), ("wma", ["-c:a", "wmav2"]),
+     ("caf", []), ("wav", ["-ar", "8000", "-ac", "1"])],
+)  # fmt: skip
+def test_common_upload_formats_decode_without_false_damage(root, ext, opts):
+    out = root / f"jfk.{ext}"
+    subprocess.run(["ffmpeg", "-nostdin", "-v", "error", "-i", str(JFK.path), *opts, str(out)], check=True)
+    assert abs(len(load(root, out.name)) / 16000 - 11.0) < 0.1

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import errno
 import os
+import re
 import stat
 import subprocess
 from dataclasses import dataclass
@@ -94,20 +95,48 @@ def open_media(media_root: str, audio_path: str, max_bytes: int, task_id: str | 
         raise
 
 
+# ffmpeg warnings that mean the file is damaged rather than merely unusual: a cut-off upload
+# (WAV/MP3 shorter than their headers say) only shows up as one of these.
+DAMAGE_WARNINGS = re.compile(r"corrupt|truncat|do not match|partial file|premature|invalid", re.IGNORECASE)
+LOG_LINE = re.compile(r"^(?:\[[^]]* @ 0x[0-9a-f]+\] )?\[(\w+)\] (.*)$")
+
+
+def damage(stderr: str, fd: int) -> str | None:
+    """The first sign of a damaged file in ffmpeg's ``level+warning`` log, or None."""
+    for line in stderr.splitlines():
+        m = LOG_LINE.match(line.strip())
+        if not m:
+            continue
+        level, text = m.groups()
+        if level in ("error", "fatal", "panic") or (level == "warning" and DAMAGE_WARNINGS.search(text)):
+            return text.replace(f"/dev/fd/{fd}: ", "").strip()
+    return None
+
+
 def decode(media: MediaFile, max_duration_s: float, task_id: str | None = None, threads: int = 1) -> np.ndarray:
-    """Decode to 16 kHz mono float32, as whisper.load_audio does, stopping past the length limit."""
+    """Decode to 16 kHz mono float32, as whisper.load_audio does, stopping past the length limit.
+
+    A file ffmpeg can only partly decode (corrupt frames, a truncated upload) is refused rather
+    than transcribed in part: a silently shortened transcript is worse than a clear error.
+    """
     cmd = [
-        "ffmpeg", "-nostdin", "-hide_banner", "-loglevel", "error", "-threads", str(threads),
+        "ffmpeg", "-nostdin", "-hide_banner", "-nostats", "-loglevel", "level+warning", "-threads", str(threads),
         "-protocol_whitelist", "file", "-format_whitelist", DEMUXERS,
         "-t", f"{max_duration_s + 1:.3f}",
         "-i", f"/dev/fd/{media.fd}",
         "-vn", "-f", "s16le", "-ac", "1", "-acodec", "pcm_s16le", "-ar", str(SAMPLE_RATE), "-",
     ]  # fmt: skip
     proc = subprocess.run(cmd, capture_output=True, pass_fds=(media.fd,), check=False)
+    stderr = proc.stderr.decode(errors="replace")
+    problem = damage(stderr, media.fd)
     if proc.returncode != 0:
-        lines = proc.stderr.decode(errors="replace").strip().splitlines()
-        detail = lines[-1].replace(f"/dev/fd/{media.fd}: ", "") if lines else f"ffmpeg exit code {proc.returncode}"
-        raise JobError(ErrorCode.INVALID_AUDIO, f"cannot decode audio: {detail}", task_id)
+        lines = [m.group(2) if (m := LOG_LINE.match(x.strip())) else x for x in stderr.strip().splitlines()]
+        detail = problem or (lines[-1].replace(f"/dev/fd/{media.fd}: ", "") if lines else "")
+        raise JobError(
+            ErrorCode.INVALID_AUDIO, f"cannot decode audio: {detail or f'ffmpeg exit code {proc.returncode}'}", task_id
+        )
+    if problem:
+        raise JobError(ErrorCode.INVALID_AUDIO, f"the audio file is damaged or truncated: {problem}", task_id)
     samples = np.frombuffer(proc.stdout, np.int16)
     if samples.size == 0:
         raise JobError(ErrorCode.INVALID_AUDIO, "the file contains no audio", task_id)
