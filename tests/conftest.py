@@ -23,6 +23,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parent / "fixtures"))
 
 from clips import DATA_DIR, FIXTURE_MODEL, JFK  # noqa: E402
+from rabbit_node import RabbitNode  # noqa: E402
 
 BROKER_URL = os.environ.get("WHISPERD_TEST_BROKER", "amqp://guest:guest@127.0.0.1:5672/%2F")
 REPO = Path(__file__).resolve().parent.parent
@@ -104,10 +105,17 @@ class NotifyListener:
 class BrokerClient:
     """A plain pika client for the test side: publish jobs, read completions, inspect queues."""
 
-    def __init__(self, prefix: str) -> None:
+    def __init__(self, prefix: str, url: str = BROKER_URL, node: str | None = None) -> None:
+        self.url = url
+        self.node = node
         self.job_queue = f"{prefix}.jobs"
+        self.dead_queue = f"{prefix}.jobs.dead"
         self.result_queue = f"{prefix}.results"
-        self.conn = pika.BlockingConnection(pika.URLParameters(BROKER_URL))
+        self.connect()
+
+    def connect(self) -> None:
+        """(Re)open the connection, e.g. after the test restarted the broker."""
+        self.conn = pika.BlockingConnection(pika.URLParameters(self.url))
         self.ch = self.conn.channel()
         self.ch.confirm_delivery()
 
@@ -138,8 +146,9 @@ class BrokerClient:
 
     def depth(self, queue: str) -> tuple[int, int]:
         """(ready, unacked) as rabbitmqctl reports them."""
+        node = ["-n", self.node] if self.node else []
         out = subprocess.run(
-            ["rabbitmqctl", "-q", "list_queues", "name", "messages_ready", "messages_unacknowledged"],
+            ["rabbitmqctl", "-q", *node, "list_queues", "name", "messages_ready", "messages_unacknowledged"],
             capture_output=True, text=True, check=True,
         ).stdout  # fmt: skip
         for line in out.splitlines():
@@ -163,7 +172,7 @@ class BrokerClient:
 class Daemon:
     """``whisperd run`` as a real subprocess with its own config, media and results directories."""
 
-    def __init__(self, root: Path, broker: BrokerClient, **sections: dict[str, Any]) -> None:
+    def __init__(self, root: Path, client: BrokerClient, **sections: dict[str, Any]) -> None:
         self.root = root
         self.media = root / "media"
         self.results = root / "results"
@@ -173,7 +182,7 @@ class Daemon:
         self.notify = NotifyListener(root / "notify.sock")
         self.proc: subprocess.Popen | None = None
         self.config: dict[str, dict[str, Any]] = {
-            "broker": {"url": BROKER_URL, "job_queue": broker.job_queue, "result_queue": broker.result_queue,
+            "broker": {"url": client.url, "job_queue": client.job_queue, "result_queue": client.result_queue,
                        "reconnect_max_s": 2.0},
             "model": {"name": str(FIXTURE_MODEL)},
             "storage": {"media_root": str(self.media), "results_dir": str(self.results)},
@@ -275,12 +284,35 @@ def broker() -> Any:
     client.close()
 
 
+@pytest.fixture(scope="session")
+def rabbit_node() -> Any:
+    """A private RabbitMQ node that outage and chaos tests may stop and restart."""
+    why = RabbitNode.unavailable()
+    if why:
+        pytest.skip(f"SKIPPED LOUDLY: broker restart tests need a private RabbitMQ node: {why}")
+    node = RabbitNode().start()
+    yield node
+    node.shutdown()
+
+
+@pytest.fixture
+def private_broker(rabbit_node: Any) -> Any:
+    """Like ``broker``, on the private node; use with ``daemon_factory(..., broker=private_broker)``."""
+    client = BrokerClient(f"test-{uuid.uuid4().hex[:10]}", rabbit_node.url, rabbit_node.name)
+    yield client
+    try:
+        client.connect()
+    except pika.exceptions.AMQPError:
+        return
+    client.close()
+
+
 @pytest.fixture
 def daemon_factory(tmp_path: Path, broker: BrokerClient) -> Any:
     made: list[Daemon] = []
 
-    def make(name: str = "d", **sections: dict[str, Any]) -> Daemon:
-        d = Daemon(tmp_path / name, broker, **sections)
+    def make(name: str = "d", on: BrokerClient | None = None, **sections: dict[str, Any]) -> Daemon:
+        d = Daemon(tmp_path / name, on or broker, **sections)
         made.append(d)
         return d
 
