@@ -14,10 +14,22 @@ setup(
         "psutil>=5.9",
         "setproctitle>=1.3",
         "sdnotify>=0.3",
+        "tqdm>=4.60",
     ],
     extras_require={
         "gpu": ["nvidia-ml-py>=12"],
-        "test": ["pytest>=8", "jsonschema>=4", "ruff"],
+        "metrics": ["prometheus_client>=0.17"],
+        "api": ["fastapi>=0.110", "uvicorn>=0.27", "python-multipart>=0.0.9"],
+        "test": [
+            "pytest>=8",
+            "jsonschema>=4",
+            "ruff",
+            "requests>=2.28",
+            "prometheus_client>=0.17",
+            "fastapi>=0.110",
+            "uvicorn>=0.27",
+            "python-multipart>=0.0.9",
+        ],
     },
     entry_points={"console_scripts": ["whisperd = whisperd.cli:main"]},
 )

@@ -1,8 +1,9 @@
-"""The ``whisperd`` command: run, check-config, submit."""
+"""The ``whisperd`` command: run, check-config, status, submit, api."""
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 from pathlib import Path
@@ -42,6 +43,19 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_status(args: argparse.Namespace) -> int:
+    cfg = _load(args)
+    from whisperd import control
+
+    try:
+        status = control.query(control.client_candidates(cfg))
+    except control.NotRunning as e:
+        print(f"whisperd: the daemon is not running ({e})", file=sys.stderr)
+        return 3  # LSB: program is not running
+    print(json.dumps(status, indent=2) if args.json else control.format_status(status))
+    return 0
+
+
 def cmd_submit(args: argparse.Namespace) -> int:
     cfg = _load(args)
     from whisperd.submit import submit
@@ -70,6 +84,11 @@ def parser() -> argparse.ArgumentParser:
     check = sub.add_parser("check-config", help="validate the config file and exit")
     check.add_argument("--config", help=config_help)
     check.set_defaults(func=cmd_check_config)
+
+    status = sub.add_parser("status", help="show the running daemon's workers, jobs and queue depths")
+    status.add_argument("--config", help=config_help)
+    status.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
+    status.set_defaults(func=cmd_status)
 
     submit = sub.add_parser("submit", help="copy audio files into media_root and queue them")
     submit.add_argument("files", nargs="+", type=Path, metavar="FILE")

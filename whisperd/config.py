@@ -50,6 +50,24 @@ def _formats(v: list) -> bool:
     return bool(v) and all(f in FORMATS for f in v) and len(set(v)) == len(v)
 
 
+def _listen(v: str) -> bool:
+    """host:port (host may be empty or a bracketed IPv6 address); "" means off."""
+    if v == "":
+        return True
+    host, sep, port = v.rpartition(":")
+    return bool(sep) and port.isdigit() and 0 < int(port) < 65536 and "/" not in host
+
+
+def _abs_or_empty(v: str) -> bool:
+    return v == "" or os.path.isabs(v)
+
+
+def split_listen(v: str) -> tuple[str, int]:
+    """ "host:port" -> (host, port); an empty host means all interfaces."""
+    host, _, port = v.rpartition(":")
+    return host.strip("[]") or "0.0.0.0", int(port)
+
+
 def _log_level(v: str) -> bool:
     return v.upper() in ("DEBUG", "INFO", "WARNING", "ERROR")
 
@@ -120,6 +138,28 @@ class EventsConfig:
 
 
 @dataclass
+class ControlConfig:
+    socket: str = key("", _abs_or_empty, "must be an absolute path, or empty for the default")
+
+
+@dataclass
+class MetricsConfig:
+    listen: str = key("", _listen, "must be host:port (e.g. 127.0.0.1:9464), or empty to turn metrics off")
+
+
+@dataclass
+class ApiConfig:
+    listen: str = key("127.0.0.1:8080", lambda v: v != "" and _listen(v), "must be host:port (e.g. 127.0.0.1:8080)")
+    state_dir: str = key("/var/lib/whisperd/api", os.path.isabs, "must be an absolute path")
+    upload_subdir: str = key(
+        "uploads",
+        lambda v: bool(v) and not os.path.isabs(v) and ".." not in v.split("/"),
+        "must be a relative path inside storage.media_root",
+    )
+    result_queue: str = key("", lambda v: v == "" or _queue_name(v), "must be a queue name, or empty")
+
+
+@dataclass
 class LoggingConfig:
     level: str = key("INFO", _log_level, "must be DEBUG, INFO, WARNING or ERROR")
 
@@ -133,6 +173,9 @@ class Config:
     limits: LimitsConfig = field(default_factory=LimitsConfig)
     transcribe: TranscribeConfig = field(default_factory=TranscribeConfig)
     events: EventsConfig = field(default_factory=EventsConfig)
+    control: ControlConfig = field(default_factory=ControlConfig)
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)
+    api: ApiConfig = field(default_factory=ApiConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
     path: str | None = None
 

@@ -32,7 +32,7 @@ import psutil
 from setproctitle import setproctitle
 
 from whisperd import config as config_mod
-from whisperd import logs
+from whisperd import control, logs
 from whisperd.config import Config, ConfigError
 from whisperd.gpu import Gpus
 from whisperd.notify import Notifier
@@ -83,7 +83,8 @@ def worker_fingerprint(cfg: Config) -> dict[str, Any]:
     """The settings a running worker was built with; a change means replacing it."""
     data = cfg.to_dict()
     w = data.pop("workers")
-    data.pop("logging")
+    for section in ("logging", "control", "metrics", "api"):  # the supervisor's own, not the workers'
+        data.pop(section)
     data["max_jobs"] = (w["max_jobs"], w["max_jobs_jitter"])
     return data
 
@@ -122,6 +123,7 @@ class Supervisor:
         self.restarts = 0
         self._last_memory_check = 0.0
         self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        self.control = control.ControlServer(control.socket_path(cfg))
 
     # -- main loop ------------------------------------------------------------------------------
 
@@ -133,6 +135,7 @@ class Supervisor:
             self.cfg.workers.count, self.cfg.model.name, self.cfg.broker.job_queue, threads_for(self.cfg),
         )  # fmt: skip
         self.notifier.status("starting workers")
+        self.control.open()
         try:
             while self.state != "exited":
                 self._title()
@@ -153,6 +156,8 @@ class Supervisor:
             log.exception("supervisor failed; stopping workers")
             self._kill_all(signal.SIGKILL)
             return 1
+        finally:
+            self.control.close()
         return self.exit_code
 
     def _queue_signal(self, signum: int, frame: Any) -> None:
@@ -167,12 +172,17 @@ class Supervisor:
         if self.sig_queue:
             return
         fds = [self._wake_r] + [w.sock for w in self.workers.values()]
+        if self.control.sock is not None:
+            fds.append(self.control.sock)
         try:
             readable, _, _ = select.select(fds, [], [], 1.0)
         except OSError as e:
             if e.errno in (errno.EINTR, errno.EBADF):
                 return
             raise
+        if self.control.sock is not None and self.control.sock in readable:
+            self._read_reports()  # answer with what the workers said just now
+            self.control.serve(lambda: control.snapshot(self))
         if self._wake_r in readable:
             try:
                 while os.read(self._wake_r, 4096):
@@ -407,6 +417,7 @@ class Supervisor:
             w.sock.close()
         self.workers = {}
         self.notifier.close_in_child()
+        self.control.close_in_child()
 
     # -- policies -------------------------------------------------------------------------------
 

@@ -35,6 +35,7 @@ from whisperd.reporting import Reporter
 log = logging.getLogger("whisperd.worker")
 
 WORKER_BOOT_ERROR = 3
+DEPTH_EVERY_S = 5.0  # how often a worker reports queue depths (for `whisperd status` and metrics)
 AUTH_ERRORS = (pika.exceptions.ProbableAuthenticationError, pika.exceptions.ProbableAccessDeniedError)
 
 
@@ -196,7 +197,7 @@ class Worker:
         on_connected()
         self.report.send(broker="ok", state="idle" if self.inflight == 0 else "busy")
         self._title("idle")
-        last_report = 0.0
+        last_report = last_depth = 0.0
         while True:
             self.connection.process_data_events(time_limit=1)
             now = time.monotonic()
@@ -204,6 +205,9 @@ class Worker:
                 self._apply_settings()
                 self.report.send()
                 last_report = now
+            if now - last_depth >= DEPTH_EVERY_S:
+                self._report_depths()
+                last_depth = now
             if self.max_jobs and self.done + self.failed >= self.max_jobs and not self.stopping:
                 log.info("%s: recycling after %d jobs (workers.max_jobs)", self.label, self.done + self.failed)
                 self.stopping = True
@@ -216,6 +220,12 @@ class Worker:
                     self._title("draining")
                 if self.inflight == 0:
                     return
+
+    def _report_depths(self) -> None:
+        """Ready jobs and dead letters, by passive declare: one round trip, no consumer needed."""
+        jobs = self.channel.queue_declare(self.cfg.broker.job_queue, passive=True).method.message_count
+        dead = self.channel.queue_declare(broker.dead_letter_queue(self.cfg.broker), passive=True).method.message_count
+        self.report.send(queue={"jobs": jobs, "dead": dead, "ts": time.time()})
 
     def _check_consumer_timeout(self, timeout_ms: int) -> None:
         """Say once whether the broker honours our ack timeout, or long jobs may be cut at its own."""

@@ -1,0 +1,261 @@
+"""The control socket: ``whisperd status`` asks the running supervisor how it is doing.
+
+The supervisor listens on a unix stream socket in its runtime directory. Every connection is
+answered with one JSON document and closed: no request to parse means a client can never make
+the supervisor's loop wait for it. Access is the file mode (0660: the daemon's user and group),
+so only the operator and the service account can read worker details.
+
+The supervisor never queries the broker here: queue depths come from worker reports (each
+worker checks them every few seconds on its own connection), so answering is instant even when
+the broker is down.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import json
+import logging
+import os
+import socket
+import stat
+import time
+from pathlib import Path
+from typing import Any
+
+from whisperd.config import Config
+
+log = logging.getLogger("whisperd.supervisor")
+
+SOCKET_NAME = "control.sock"
+SYSTEM_RUNTIME_DIR = "/run/whisperd"
+SEND_TIMEOUT_S = 1.0
+MAX_ANSWER = 4 * 2**20
+
+
+class NotRunning(RuntimeError):
+    """No daemon answers on the control socket; str() says where we looked and why."""
+
+
+def default_runtime_dir() -> str:
+    """Where a daemon started by hand keeps its socket: /run/whisperd as root, else a per-user dir."""
+    if os.geteuid() == 0:
+        return SYSTEM_RUNTIME_DIR
+    base = os.environ.get("XDG_RUNTIME_DIR")
+    if base and os.path.isdir(base):
+        return os.path.join(base, "whisperd")
+    return os.path.join("/tmp", f"whisperd-{os.geteuid()}")
+
+
+def socket_path(cfg: Config) -> str:
+    """control.socket, else $RUNTIME_DIRECTORY (systemd's RuntimeDirectory=whisperd), else the default."""
+    if cfg.control.socket:
+        return cfg.control.socket
+    runtime = os.environ.get("RUNTIME_DIRECTORY", "").split(":")[0]
+    return os.path.join(runtime or default_runtime_dir(), SOCKET_NAME)
+
+
+def client_candidates(cfg: Config) -> list[str]:
+    """Paths ``whisperd status`` tries: the daemon's own choice, then the systemd service's."""
+    first = socket_path(cfg)
+    system = os.path.join(SYSTEM_RUNTIME_DIR, SOCKET_NAME)
+    return [first] if cfg.control.socket or first == system else [first, system]
+
+
+class ControlServer:
+    """The supervisor's end: a non-blocking listening socket that the main loop selects on."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self.sock: socket.socket | None = None
+        self._inode: int | None = None
+
+    def open(self) -> bool:
+        """Bind the socket; False (with a warning) when another live daemon already owns the path."""
+        directory = os.path.dirname(self.path)
+        try:
+            os.makedirs(directory, mode=0o750 if os.geteuid() == 0 else 0o700, exist_ok=True)
+            if _answers(self.path):
+                log.warning("control socket %s belongs to another running whisperd; `whisperd status` "
+                            "will not reach this one (set control.socket to run several)", self.path)  # fmt: skip
+                return False
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self.path)  # stale, from a daemon that was killed
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            old_umask = os.umask(0o117)  # created 0660: never readable by others, not even briefly
+            try:
+                sock.bind(self.path)
+            finally:
+                os.umask(old_umask)
+            sock.listen(16)
+            sock.setblocking(False)
+        except OSError as e:
+            log.warning("cannot open the control socket %s (%s); `whisperd status` will not work", self.path, e)
+            return False
+        self.sock = sock
+        self._inode = os.stat(self.path).st_ino
+        log.info("control socket: %s", self.path)
+        return True
+
+    def fileno(self) -> int:
+        assert self.sock is not None
+        return self.sock.fileno()
+
+    def serve(self, snapshot: Any) -> None:
+        """Answer every waiting client with ``snapshot()``; called when the socket is readable."""
+        if self.sock is None:
+            return
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as e:
+                if e.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
+                    log.warning("control socket: cannot accept a client: %s", e)
+                    return
+                raise
+            with conn:
+                try:
+                    payload = json.dumps(snapshot(), default=str).encode() + b"\n"
+                    conn.settimeout(SEND_TIMEOUT_S)
+                    conn.sendall(payload)
+                except OSError as e:
+                    log.debug("control socket: client went away: %s", e)
+
+    def close_in_child(self) -> None:
+        """In a forked worker: drop the fd without touching the file the supervisor still serves."""
+        if self.sock is not None:
+            self.sock.close()
+            self.sock = None
+
+    def close(self) -> None:
+        if self.sock is None:
+            return
+        self.sock.close()
+        self.sock = None
+        try:  # remove it only if it is still ours (a newer daemon may have replaced it)
+            if os.stat(self.path).st_ino == self._inode:
+                os.unlink(self.path)
+        except FileNotFoundError:
+            pass
+
+
+def _answers(path: str) -> bool:
+    try:
+        if not stat.S_ISSOCK(os.stat(path).st_mode):
+            return False
+    except FileNotFoundError:
+        return False
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+        s.settimeout(1.0)
+        try:
+            s.connect(path)
+        except OSError:
+            return False
+    return True
+
+
+def query(paths: list[str], timeout: float = 5.0) -> dict[str, Any]:
+    """The client's end: the first daemon that answers on one of ``paths``, or NotRunning."""
+    problems = []
+    for path in paths:
+        if not Path(path).exists():
+            problems.append(f"{path}: no such socket")
+            continue
+        try:
+            with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+                s.settimeout(timeout)
+                s.connect(path)
+                chunks = []
+                while sum(map(len, chunks)) < MAX_ANSWER:
+                    chunk = s.recv(65536)
+                    if not chunk:
+                        break
+                    chunks.append(chunk)
+            return json.loads(b"".join(chunks))
+        except PermissionError:
+            problems.append(f"{path}: permission denied (run as root or as a member of the daemon's group)")
+        except (ConnectionRefusedError, FileNotFoundError):
+            problems.append(f"{path}: nobody is listening (stale socket)")
+        except (OSError, ValueError) as e:
+            problems.append(f"{path}: {e}")
+    raise NotRunning("; ".join(problems))
+
+
+def snapshot(sup: Any) -> dict[str, Any]:
+    """What ``whisperd status`` shows, from the supervisor's own state (no I/O but NVML)."""
+    from whisperd import __version__
+
+    now_wall = time.time()
+    now = time.monotonic()
+    gpu_mb = sup.gpus.process_memory_mb() if sup.gpus.count else {}
+    workers = []
+    for w in sorted(list(sup.workers.values()), key=lambda w: (w.slot, w.started)):
+        r = w.report
+        since = r.get("since")
+        workers.append(
+            {
+                "slot": w.slot,
+                "pid": w.pid,
+                "state": r.get("state", "booting") if not w.retiring else f"{r.get('state', 'booting')} (retiring)",
+                "task": r.get("task"),
+                "task_elapsed_s": round(now_wall - since, 1) if since and r.get("task") else None,
+                "jobs_done": int(r.get("done", 0)),
+                "jobs_failed": int(r.get("failed", 0)),
+                "rss_mb": round(w.rss_mb, 1) if w.rss_mb else None,
+                "gpu_mb": gpu_mb.get(w.pid) if sup.gpus.count else None,
+                "device": r.get("device"),
+                "uptime_s": round(now - w.started, 1),
+                "broker": r.get("broker"),
+            }
+        )
+    depth = latest_depths(sup.workers.values())
+    return {
+        "pid": os.getpid(),
+        "version": __version__,
+        "state": sup.state,
+        "config": sup.cfg.path,
+        "workers_wanted": sup.cfg.workers.count,
+        "workers": workers,
+        "jobs_done": sup.done_by_exited + sum(int(w.report.get("done", 0)) for w in sup.workers.values()),
+        "jobs_failed": sup.failed_by_exited + sum(int(w.report.get("failed", 0)) for w in sup.workers.values()),
+        "restarts": sup.restarts,
+        "broker": sup.broker_state(),
+        "job_queue": sup.cfg.broker.job_queue,
+        "queue_depth": depth.get("jobs"),
+        "dead_letter_depth": depth.get("dead"),
+        "depth_age_s": round(now_wall - depth["ts"], 1) if depth else None,
+    }
+
+
+def latest_depths(workers: Any) -> dict[str, Any]:
+    """The freshest queue depths any worker reported: {"jobs", "dead", "ts"} or {}."""
+    reports = [w.report.get("queue") for w in list(workers)]
+    fresh = [q for q in reports if isinstance(q, dict) and "ts" in q]
+    return max(fresh, key=lambda q: q["ts"]) if fresh else {}
+
+
+def format_status(s: dict[str, Any]) -> str:
+    """The human table of ``whisperd status``."""
+
+    def num(v: Any, unit: str = "") -> str:
+        return "-" if v is None else f"{v:.0f}{unit}" if isinstance(v, float) else f"{v}{unit}"
+
+    depth = "unknown (no worker connected)" if s["queue_depth"] is None else f"{s['queue_depth']} waiting"
+    dead = "unknown" if s["dead_letter_depth"] is None else str(s["dead_letter_depth"])
+    lines = [
+        f"whisperd {s['version']} (pid {s['pid']}): {s['state']}, {len(s['workers'])}/{s['workers_wanted']} workers, "
+        f"{s['jobs_done']} done, {s['jobs_failed']} failed, {s['restarts']} restarts",
+        f"broker: {s['broker']}; queue {s['job_queue']}: {depth}; dead letters: {dead}",
+        "",
+        f"{'SLOT':>4} {'PID':>7}  {'STATE':<18} {'TASK':<34} {'ELAPSED':>8} {'DONE':>5} {'FAILED':>6} "
+        f"{'RSS':>8} {'GPU':>8}",
+    ]
+    for w in s["workers"]:
+        task = w["task"] or "-"
+        lines.append(
+            f"{w['slot']:>4} {w['pid']:>7}  {w['state']:<18} {task[:34]:<34} {num(w['task_elapsed_s'], ' s'):>8} "
+            f"{w['jobs_done']:>5} {w['jobs_failed']:>6} {num(w['rss_mb'], ' MB'):>8} {num(w['gpu_mb'], ' MB'):>8}"
+        )
+    return "\n".join(lines)
