@@ -297,14 +297,15 @@ class Worker:
         task_id = peek_task_id(d.body)
         self._title(f"busy {task_id or '?'}")
         self.report.send(state="busy", task=task_id, since=time.time(), deadline=None)
-        outcome = self.pipeline.run(d.body, on_started=self._on_started)
+        outcome = self.pipeline.run(d.body, on_started=functools.partial(self._on_started, job_props=d.props))
         self._hand_back(d, outcome.completion, ack=outcome.ack)
 
-    def _on_started(self, job: Job, duration_s: float) -> None:
+    def _on_started(self, job: Job, duration_s: float, job_props: pika.BasicProperties | None = None) -> None:
         self.report.send(deadline=job_deadline_s(self.cfg, duration_s), duration_s=duration_s)
         if self.cfg.events.progress:
             note = Completion(task_id=job.task_id, status=PROCESSING, duration_s=round(duration_s, 3), worker=self.name)
-            self._call_in_io_thread(functools.partial(self._publish_completion, self.channel, note, None))
+            # Also to reply_to, with the job's correlation_id: an RPC-style caller sees "processing" too.
+            self._call_in_io_thread(functools.partial(self._publish_completion, self.channel, note, job_props))
 
     def _hand_back(self, d: Delivery, completion: Completion | None, ack: bool) -> None:
         if completion is not None:
