@@ -5,7 +5,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PYTEST_ARGS ?=
 
-.PHONY: setup venv demo test lint fixture-model clean
+.PHONY: setup venv demo test lint fixture-model clean bench
 
 setup:
 	sh scripts/setup-debian.sh
@@ -28,6 +28,16 @@ test: setup venv
 lint: venv
 	$(PY) -m ruff check whisperd tests bench
 	$(PY) -m ruff format --check whisperd tests bench
+
+# Benchmarks (bench/RESULTS.md): overhead, scaling, latency, memory, throughput; < 10 min on 2 cores.
+# BENCH_ARGS=--quick for a fast smoke run, --only overhead,scaling for some sections.
+BENCH_ARGS ?=
+bench: setup venv $(VENV)/.bench-installed
+	$(PY) -m bench $(BENCH_ARGS)
+
+$(VENV)/.bench-installed: $(VENV)/.installed setup.py
+	$(PY) -m pip install -q -e '.[test,bench]'
+	touch $@
 
 fixture-model: venv
 	$(PY) tests/fixtures/build_model.py

@@ -18,6 +18,7 @@ setup(
     ],
     extras_require={
         "gpu": ["nvidia-ml-py>=12"],
+        "bench": ["py-spy>=0.3"],
         "metrics": ["prometheus_client>=0.17"],
         "api": ["fastapi>=0.110", "uvicorn>=0.27", "python-multipart>=0.0.9"],
         "test": [

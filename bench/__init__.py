@@ -1,0 +1,1 @@
+"""whisperd benchmarks: `make bench`. See bench/RESULTS.md."""
