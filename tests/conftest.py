@@ -297,7 +297,7 @@ def rabbit_node() -> Any:
 
 @pytest.fixture
 def private_broker(rabbit_node: Any) -> Any:
-    """Like ``broker``, on the private node; use with ``daemon_factory(..., broker=private_broker)``."""
+    """Like ``broker``, on the private node; use with ``daemon_factory(..., on=private_broker)``."""
     client = BrokerClient(f"test-{uuid.uuid4().hex[:10]}", rabbit_node.url, rabbit_node.name)
     yield client
     try:

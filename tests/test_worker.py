@@ -8,7 +8,7 @@ import signal
 import subprocess
 from pathlib import Path
 
-from clips import JFK, SPANISH
+from clips import CLIPS, JFK, SPANISH
 from conftest import BROKER_URL, wait_for
 
 
@@ -137,3 +137,34 @@ def test_no_ack_before_the_completion_is_confirmed(broker, daemon_factory):
     assert "already done, answering from the stored result" in d2.log()
     assert broker.get(broker.result_queue, 3) is None
     wait_for(lambda: broker.depth(broker.job_queue) == (0, 0), 20, "the job acked (queue stats lag a few seconds)")
+
+
+def test_limits_truncation_and_malformed_jobs_fail_with_their_codes(broker, daemon_factory):
+    d = daemon_factory(limits={"max_file_mb": 0.5, "max_duration_s": 6.0}).start()
+    short, long_clip = CLIPS[1], SPANISH  # 3.3 s and 8.7 s, both under 0.5 MiB
+    d.stage(JFK.path, "big.flac")  # 1.1 MiB
+    d.stage(long_clip.path, "long.wav")
+    d.stage(short.path, "short.wav")
+    (d.media / "cut.wav").write_bytes(long_clip.path.read_bytes()[:60000])
+    cases = {
+        "too-big": ({"audio_path": "big.flac"}, "file_too_large"),
+        "too-long": ({"audio_path": "long.wav"}, "audio_too_long"),
+        "truncated": ({"audio_path": "cut.wav"}, "invalid_audio"),
+        "no-path": ({}, "invalid_audio_path"),
+        "number-path": ({"audio_path": 42}, "invalid_audio_path"),
+        "bad-task": ({"audio_path": "short.wav", "task": "summarize"}, "unsupported_task"),
+    }
+    for task_id, (fields, _) in cases.items():
+        broker.publish({"task_id": task_id, **fields})
+    broker.publish(b'["a", "list"]')
+    broker.publish({"audio_path": "short.wav"})
+    broker.publish({"task_id": "after", "audio_path": "short.wav"})
+    got = {c["task_id"]: c for c in broker.completions(len(cases) + 1, 90)}
+    for task_id, (_, code) in cases.items():
+        assert (got[task_id]["status"], (got[task_id]["error"] or {}).get("code")) == ("failed", code), got[task_id]
+    assert "limit is 0 MiB" not in got["too-big"]["error"]["message"]
+    assert "6 s" in got["too-long"]["error"]["message"]
+    assert got["after"]["status"] == "done" and got["after"]["text"] == short.reference
+    wait_for(lambda: broker.depth(broker.dead_queue)[0] == 2, 20, "the two unanswerable jobs dead-lettered")
+    wait_for(lambda: broker.depth(broker.job_queue) == (0, 0), 20, "nothing requeued")
+    assert d.log().count("job without a valid task_id") == 2

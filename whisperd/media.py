@@ -86,7 +86,8 @@ def open_media(media_root: str, audio_path: str, max_bytes: int, task_id: str | 
         if st.st_size > max_bytes:
             raise fail(
                 ErrorCode.FILE_TOO_LARGE,
-                f"audio file {audio_path!r} is {st.st_size / 2**20:.1f} MiB; the limit is {max_bytes / 2**20:.0f} MiB",
+                f"audio file {audio_path!r} is {st.st_size / 2**20:.1f} MiB; "
+                f"the limit is {round(max_bytes / 2**20, 2):g} MiB",
             )
         media.size = st.st_size
         return media
