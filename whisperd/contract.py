@@ -67,11 +67,22 @@ class Job:
     initial_prompt: str | None = None
 
 
+# MassTransit's serializer names C# properties in camelCase (TaskId -> "taskId") unless the
+# producer sets [JsonPropertyName("task_id")]; inside its envelope both spellings are accepted.
+_CAMEL_CASE = {
+    "taskId": "task_id",
+    "audioPath": "audio_path",
+    "wordTimestamps": "word_timestamps",
+    "initialPrompt": "initial_prompt",
+}
+
+
 def _unwrap_envelope(body: dict[str, Any]) -> dict[str, Any]:
     """Accept MassTransit's envelope ({"messageId", "message": {...job...}}) as well as a bare job."""
     inner = body.get("message")
     if "task_id" not in body and isinstance(inner, dict) and "messageId" in body:
-        return inner
+        renamed = {_CAMEL_CASE[k]: v for k, v in inner.items() if k in _CAMEL_CASE}
+        return {**renamed, **{k: v for k, v in inner.items() if k not in _CAMEL_CASE}}
     return body
 
 
