@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
 
+from whisperd import results
 from whisperd.contract import Completion, Job
 from whisperd.results import ResultStore
 
@@ -58,3 +61,18 @@ def test_attempts_are_counted_until_ended(tmp_path):
     assert [store.begin_attempt("t"), store.begin_attempt("t")] == [1, 2]
     store.end_attempts("t")
     assert store.begin_attempt("t") == 1
+
+
+def test_temp_files_of_dead_writers_on_this_host_are_swept(tmp_path):
+    store = ResultStore(str(tmp_path))
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    mine_dead = tmp_path / f".t.json.{results.HOST}.{dead.pid}.tmp"
+    mine_alive = tmp_path / f".u.json.{results.HOST}.{os.getpid()}.tmp"
+    other_host = tmp_path / f".v.json.otherhost.{dead.pid}.tmp"
+    marker_dead = tmp_path / results.MARKER_DIR / f".t.completion.json.{results.HOST}.{dead.pid}.tmp"
+    for p in (mine_dead, mine_alive, other_host, marker_dead):
+        p.write_text("half")
+    assert store.sweep_stale_temp_files() == 2
+    assert not mine_dead.exists() and not marker_dead.exists()
+    assert mine_alive.exists() and other_host.exists()

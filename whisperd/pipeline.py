@@ -51,7 +51,6 @@ class Pipeline:
             stored = self.store.lookup(job)
             if stored is not None:
                 log.info("%s: task %s: already done, answering from the stored result", self.label, job.task_id)
-                stored.worker = self.worker_name
                 return Outcome(stored, reused=True)
             attempt = self.store.begin_attempt(job.task_id)
             if attempt > self.cfg.broker.max_attempts:

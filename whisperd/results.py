@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import socket
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict
@@ -18,6 +20,7 @@ from typing import IO, Any
 from whisperd.contract import Completion, Job
 
 MARKER_DIR = ".whisperd"
+HOST = socket.gethostname()
 WRITER_OPTIONS = {"highlight_words": False, "max_line_width": None, "max_line_count": None, "max_words_per_line": None}
 
 
@@ -25,7 +28,7 @@ WRITER_OPTIONS = {"highlight_words": False, "max_line_width": None, "max_line_co
 def atomic_write(path: str) -> Iterator[IO[str]]:
     """Write ``path`` via a temp file in the same directory, fsync, rename, fsync the directory."""
     directory = os.path.dirname(path)
-    tmp = os.path.join(directory, f".{os.path.basename(path)}.{os.getpid()}.tmp")
+    tmp = os.path.join(directory, f".{os.path.basename(path)}.{HOST}.{os.getpid()}.tmp")
     try:
         with open(tmp, "w", encoding="utf-8") as f:
             yield f
@@ -54,6 +57,25 @@ class ResultStore:
         self.results_dir = results_dir
         self.marker_dir = os.path.join(results_dir, MARKER_DIR)
         os.makedirs(self.marker_dir, exist_ok=True)
+
+    def sweep_stale_temp_files(self) -> int:
+        """Remove temp files this host's dead processes left behind (a worker killed mid-write).
+
+        Temp names carry host and pid, so several hosts may share one results_dir: only files
+        of this host whose writer is gone are touched. Returns how many were removed.
+        """
+        stale = re.compile(rf"^\..+\.{re.escape(HOST)}\.(\d+)\.tmp$")
+        removed = 0
+        for directory in (self.results_dir, self.marker_dir):
+            for name in os.listdir(directory):
+                m = stale.match(name)
+                if m and not _alive(int(m.group(1))):
+                    try:
+                        os.unlink(os.path.join(directory, name))
+                        removed += 1
+                    except FileNotFoundError:
+                        pass
+        return removed
 
     def path(self, task_id: str, fmt: str) -> str:
         return os.path.join(self.results_dir, f"{task_id}.{fmt}")
@@ -116,3 +138,13 @@ class ResultStore:
         if not all(os.path.exists(p) for p in completion.results.values()):
             return None
         return completion
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

@@ -109,6 +109,8 @@ class Worker:
         transcriber = Transcriber(self.cfg.model, self.threads, self.device)
         transcriber.warm_up()
         store = ResultStore(self.cfg.storage.results_dir)
+        if swept := store.sweep_stale_temp_files():
+            log.info("%s: removed %d temp files left by killed workers", self.label, swept)
         log.info(
             "%s: model %s loaded on %s with %d threads in %.1f s",
             self.label, self.cfg.model.name, transcriber.device, self.threads, time.monotonic() - started,
