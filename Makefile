@@ -5,7 +5,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PYTEST_ARGS ?=
 
-.PHONY: setup venv demo test lint fixture-model clean bench
+.PHONY: setup venv demo test lint fixture-model clean bench deb deb-lint
 
 setup:
 	sh scripts/setup-debian.sh
@@ -44,3 +44,12 @@ fixture-model: venv
 
 clean:
 	rm -rf $(VENV) .cache build dist *.egg-info
+
+# Debian package: dist/whisperd_<version>_amd64.deb (packaging/build-deb.sh installs the build
+# tools it needs). The default gzip takes seconds; use `make deb COMPRESS=xz` for releases.
+COMPRESS ?= gzip
+deb:
+	COMPRESS=$(COMPRESS) sh packaging/build-deb.sh
+
+deb-lint: deb
+	lintian --fail-on error --info dist/whisperd_*_amd64.deb
