@@ -68,7 +68,10 @@ def cmd_submit(args: argparse.Namespace) -> int:
     if formats and any(f not in FORMATS for f in formats):
         print(f"whisperd: --format takes a comma-separated list from {', '.join(FORMATS)}", file=sys.stderr)
         return 2
-    return submit(cfg, args.files, args.wait, args.language, formats, args.output, args.timeout)
+    if args.output and not args.wait:
+        print("whisperd: --output needs --wait (results are copied as they arrive)", file=sys.stderr)
+        return 2
+    return submit(cfg, args.files, args.wait, args.language, formats, args.output, args.timeout, args.progress)
 
 
 def parser() -> argparse.ArgumentParser:
@@ -98,6 +101,12 @@ def parser() -> argparse.ArgumentParser:
     submit.add_argument("--format", help=f"comma-separated result formats from {','.join(FORMATS)}")
     submit.add_argument("--output", type=Path, help="with --wait: copy the result files into this directory")
     submit.add_argument("--timeout", type=float, default=3600.0, help="with --wait: give up after this many seconds")
+    submit.add_argument(
+        "--progress",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="with --wait: a progress bar per file on stderr (default: when stderr is a terminal)",
+    )
     submit.set_defaults(func=cmd_submit)
     return p
 

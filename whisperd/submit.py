@@ -1,8 +1,8 @@
 """``whisperd submit``: the reference producer, doing what the producer API does.
 
 Each file is copied into media_root under a fresh task id, and a job is published with
-``reply_to`` pointing at a private reply queue, so ``--wait`` gets the completions without
-taking them from the shared result queue.
+``reply_to`` pointing at a private reply queue, so ``--wait`` gets the completions (and the
+``processing`` events, with ``events.progress``) without taking them from the shared result queue.
 """
 
 from __future__ import annotations
@@ -16,9 +16,11 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
+from tqdm import tqdm
+
 from whisperd import broker
 from whisperd.config import Config
-from whisperd.contract import DONE, FAILED, Completion
+from whisperd.contract import DONE, FAILED, PROCESSING, Completion
 
 SUBMIT_DIR = "submitted"
 
@@ -63,7 +65,12 @@ def submit(
     formats: list[str] | None = None,
     output: Path | None = None,
     timeout: float = 3600.0,
+    progress: bool | None = None,
 ) -> int:
+    """Queue ``files``; with ``wait``, show them progress and print the transcripts.
+
+    ``progress``: True/False forces the bars on/off; None shows them when stderr is a terminal.
+    """
     connection = broker.connect(cfg.broker, "whisperd submit")
     try:
         channel = connection.channel()
@@ -71,50 +78,119 @@ def submit(
         broker.declare(channel, cfg.broker)
         reply_to = channel.queue_declare("", exclusive=True, auto_delete=True).method.queue if wait else None
         submitted = []
+        quiet = wait and Progress.enabled(progress)
         for source in files:
             task_id = new_task_id()
             audio_path = stage(cfg, source, task_id)
             props = broker.properties(correlation_id=task_id, reply_to=reply_to, message_id=task_id)
             broker.publish(channel, cfg.broker.job_queue, job_body(task_id, audio_path, language, formats), props)
             submitted.append(Submitted(task_id, source, audio_path))
-            print(f"{task_id}\t{source}\tEn proceso", file=sys.stderr if wait else sys.stdout, flush=True)
+            if not quiet:
+                print(f"{task_id}\t{source}\tEn proceso", file=sys.stderr if wait else sys.stdout, flush=True)
         if not wait:
             return 0
-        return _wait(channel, reply_to, submitted, output, timeout)
+        return _wait(channel, reply_to, submitted, output, timeout, Progress(submitted, progress))
     finally:
         if connection.is_open:
             connection.close()
 
 
-def _wait(channel: object, reply_to: str, submitted: list[Submitted], output: Path | None, timeout: float) -> int:
+class Progress:
+    """One tqdm bar per file: queued, then "En curso" when a worker starts it, then done or failed.
+
+    Whisper does not report progress inside a file, so a bar fills when its file is finished;
+    the elapsed time and the state are what move while waiting.
+    """
+
+    def __init__(self, submitted: list[Submitted], enabled: bool | None) -> None:
+        self.width = max(len(s.source.name) for s in submitted)
+        self.names = {s.task_id: s.source.name for s in submitted}
+        self.bars = {
+            s.task_id: tqdm(
+                total=1,
+                desc=self._desc(s.task_id, "En proceso (queued)"),
+                position=i,
+                bar_format="{desc} |{bar:20}| {elapsed}",
+                disable=not self.enabled(enabled),
+                file=sys.stderr,
+            )
+            for i, s in enumerate(submitted)
+        }
+
+    def _desc(self, task_id: str, state: str) -> str:
+        return f"{self.names[task_id]:<{self.width}}  {state:<28}"
+
+    @staticmethod
+    def enabled(setting: bool | None) -> bool:
+        return sys.stderr.isatty() if setting is None else setting
+
+    def started(self, task_id: str, c: Completion) -> None:
+        audio = f" {c.duration_s:.1f} s audio" if c.duration_s is not None else ""
+        self.bars[task_id].set_description_str(self._desc(task_id, f"En curso:{audio}"))
+
+    def finished(self, task_id: str, c: Completion) -> None:
+        bar = self.bars[task_id]
+        if c.status == FAILED:
+            state = f"FAILED: {(c.error or {}).get('code')}"
+        else:
+            state = f"done in {c.processing_s:.1f} s"
+        bar.set_description_str(self._desc(task_id, state), refresh=False)
+        bar.update(1)
+
+    def tick(self) -> None:
+        """Redraw the bars still waiting, so their elapsed time moves."""
+        for bar in self.bars.values():
+            if bar.n < bar.total:
+                bar.refresh()
+
+    def write(self, line: str, file: object = None) -> None:
+        """Print above the bars without breaking them."""
+        tqdm.write(line, file=file or sys.stdout)
+
+    def close(self) -> None:
+        for bar in self.bars.values():
+            bar.close()
+
+
+def _wait(
+    channel: object, reply_to: str, submitted: list[Submitted], output: Path | None, timeout: float, bars: Progress
+) -> int:
     pending = {s.task_id: s for s in submitted}
     failures = 0
     deadline = time.monotonic() + timeout
-    for method, props, body in channel.consume(reply_to, auto_ack=True, inactivity_timeout=1.0):  # type: ignore[attr-defined]
-        if method is not None:
-            completion = Completion.from_json(body)
-            item = pending.pop(props.correlation_id or completion.task_id or "", None)
-            if item is not None and completion.status in (DONE, FAILED):
-                failures += completion.status == FAILED
-                _show(item, completion, output)
-        if not pending or time.monotonic() > deadline:
-            break
-    channel.cancel()  # type: ignore[attr-defined]
+    try:
+        for method, props, body in channel.consume(reply_to, auto_ack=True, inactivity_timeout=1.0):  # type: ignore[attr-defined]
+            if method is not None:
+                completion = Completion.from_json(body)
+                task_id = props.correlation_id or completion.task_id or ""
+                if task_id in pending and completion.status == PROCESSING:
+                    bars.started(task_id, completion)
+                elif task_id in pending and completion.status in (DONE, FAILED):
+                    item = pending.pop(task_id)
+                    failures += completion.status == FAILED
+                    bars.finished(task_id, completion)
+                    _show(item, completion, output, bars)
+            if not pending or time.monotonic() > deadline:
+                break
+            bars.tick()
+        channel.cancel()  # type: ignore[attr-defined]
+    finally:
+        bars.close()
     for item in pending.values():
         print(f"{item.source}: no answer within {timeout:.0f} s (task {item.task_id} is still queued)", file=sys.stderr)
     return 2 if pending else (1 if failures else 0)
 
 
-def _show(item: Submitted, c: Completion, output: Path | None) -> None:
+def _show(item: Submitted, c: Completion, output: Path | None, bars: Progress) -> None:
     if c.status == FAILED:
         err = c.error or {}
-        print(f"{item.source}: FAILED {err.get('code')}: {err.get('message')}", flush=True)
+        bars.write(f"{item.source}: FAILED {err.get('code')}: {err.get('message')}")
         return
-    print(f"{item.source} [{c.language}, {c.duration_s:.1f} s audio, {c.processing_s:.2f} s]: {c.text}", flush=True)
+    bars.write(f"{item.source} [{c.language}, {c.duration_s:.1f} s audio, {c.processing_s:.2f} s]: {c.text}")
     if output is not None:
         output.mkdir(parents=True, exist_ok=True)
         for fmt, path in c.results.items():
             try:
                 shutil.copyfile(path, output / f"{item.source.stem}.{fmt}")
             except OSError as e:
-                print(f"{item.source}: cannot copy {fmt} result from {path}: {e}", file=sys.stderr)
+                bars.write(f"{item.source}: cannot copy {fmt} result from {path}: {e}", file=sys.stderr)

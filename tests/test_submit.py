@@ -1,0 +1,99 @@
+"""``whisperd submit``: the reference producer, run as a real command against a real daemon."""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import pty
+import re
+import struct
+import subprocess
+import sys
+import termios
+
+from clips import JFK, SPANISH
+from conftest import REPO
+
+CMD = [sys.executable, "-m", "whisperd", "submit"]
+
+
+def run_submit(cfg_path, *args: str, timeout: float = 120) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [*CMD, "--config", str(cfg_path), *args], capture_output=True, text=True, cwd=REPO, timeout=timeout
+    )
+
+
+def run_in_terminal(cfg_path, *args: str, timeout: float = 120) -> tuple[int, str]:
+    """Run with stdout and stderr on a pseudo-terminal, as a person would; returns (code, screen bytes)."""
+    master, slave = pty.openpty()
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 40, 160, 0, 0))  # 40 rows, 160 columns
+    proc = subprocess.Popen(
+        [*CMD, "--config", str(cfg_path), *args], stdin=subprocess.DEVNULL, stdout=slave, stderr=slave, cwd=REPO,
+    )  # fmt: skip
+    os.close(slave)
+    chunks = []
+    while True:
+        try:
+            data = os.read(master, 65536)
+        except OSError:  # EIO: the child closed the terminal
+            break
+        if not data:
+            break
+        chunks.append(data)
+    os.close(master)
+    return proc.wait(timeout), b"".join(chunks).decode(errors="replace")
+
+
+def test_wait_prints_transcripts_and_saves_results(broker, daemon, tmp_path):
+    out = tmp_path / "out"
+    es = tmp_path / "entrevista.wav"
+    es.write_bytes(SPANISH.path.read_bytes())
+    r = run_submit(daemon.config_path, str(JFK.path), str(es), "--wait", "--format", "txt,srt", "--output", str(out))
+    assert r.returncode == 0, r.stderr
+    lines = r.stdout.splitlines()
+    assert any(line.startswith(f"{JFK.path} [en, 11.0 s audio") and line.endswith(JFK.reference) for line in lines)
+    assert any(line.startswith(f"{es} [es,") and line.endswith(SPANISH.reference) for line in lines)
+    assert sorted(p.name for p in out.iterdir()) == ["entrevista.srt", "entrevista.txt", "jfk.srt", "jfk.txt"]
+    assert (out / "jfk.txt").read_text().strip() == JFK.reference
+    assert "-->" in (out / "entrevista.srt").read_text()
+    # Not a terminal: no bars, and one "En proceso" line per file on stderr with its task id.
+    assert "|" not in r.stderr and r.stderr.count("En proceso") == 2
+    staged = list((daemon.media / "submitted").iterdir())
+    assert len(staged) == 2
+
+
+def test_language_is_passed_and_a_failure_exits_1(broker, daemon, tmp_path):
+    garbage = tmp_path / "not-audio.wav"
+    garbage.write_text("this is not audio")
+    r = run_submit(daemon.config_path, str(SPANISH.path), str(garbage), "--wait", "--language", "es")
+    assert r.returncode == 1, r.stderr
+    assert f"{garbage}: FAILED invalid_audio:" in r.stdout
+    assert SPANISH.reference in r.stdout and "[es," in r.stdout
+
+
+def test_progress_bars_on_a_terminal(broker, daemon_factory, tmp_path):
+    d = daemon_factory(events={"progress": True}).start()
+    code, screen = run_in_terminal(d.config_path, str(JFK.path), str(SPANISH.path), "--wait")
+    assert code == 0, screen
+    plain = re.sub(r"\x1b\[[0-9;]*[A-Za-z]", "", screen)  # drop cursor movements
+    assert re.search(r"jfk\.flac\s+En proceso \(queued\)\s+\|\s{20}\| 00:0\d", plain), plain
+    assert re.search(r"jfk\.flac\s+En curso: 11\.0 s audio\s+\|", plain), "the processing event reached the bar"
+    assert re.search(r"jfk\.flac\s+done in \d+\.\d s\s+\|█{20}\| 00:\d\d", plain), plain
+    assert re.search(r"picovoice_test_es\.wav\s+done in \d+\.\d s\s+\|█{20}\|", plain), plain
+    assert JFK.reference in plain and SPANISH.reference in plain
+    assert "\tEn proceso" not in plain, "with bars, no task-id lines"
+
+
+def test_timeout_when_nothing_answers(broker, daemon_factory):
+    d = daemon_factory()  # configured, never started
+    r = run_submit(d.config_path, str(JFK.path), "--wait", "--timeout", "2")
+    assert r.returncode == 2
+    assert "no answer within 2 s" in r.stderr
+    waiting = broker.ch.queue_declare(broker.job_queue, passive=True).method.message_count
+    assert waiting == 1, "the job stays queued for when a worker comes"
+
+
+def test_output_without_wait_is_refused(tmp_path, daemon_factory):
+    d = daemon_factory()
+    r = run_submit(d.config_path, str(JFK.path), "--output", str(tmp_path / "o"))
+    assert r.returncode == 2 and "--output needs --wait" in r.stderr
