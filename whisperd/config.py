@@ -50,7 +50,7 @@ def _formats(v: list) -> bool:
     return bool(v) and all(f in FORMATS for f in v) and len(set(v)) == len(v)
 
 
-def _listen(v: str) -> bool:
+def listen_ok(v: str) -> bool:
     """host:port (host may be empty or a bracketed IPv6 address); "" means off."""
     if v == "":
         return True
@@ -144,12 +144,12 @@ class ControlConfig:
 
 @dataclass
 class MetricsConfig:
-    listen: str = key("", _listen, "must be host:port (e.g. 127.0.0.1:9464), or empty to turn metrics off")
+    listen: str = key("", listen_ok, "must be host:port (e.g. 127.0.0.1:9464), or empty to turn metrics off")
 
 
 @dataclass
 class ApiConfig:
-    listen: str = key("127.0.0.1:8080", lambda v: v != "" and _listen(v), "must be host:port (e.g. 127.0.0.1:8080)")
+    listen: str = key("127.0.0.1:8080", lambda v: v != "" and listen_ok(v), "must be host:port (e.g. 127.0.0.1:8080)")
     state_dir: str = key("/var/lib/whisperd/api", os.path.isabs, "must be an absolute path")
     upload_subdir: str = key(
         "uploads",

@@ -32,7 +32,7 @@ import psutil
 from setproctitle import setproctitle
 
 from whisperd import config as config_mod
-from whisperd import control, logs
+from whisperd import control, logs, metrics
 from whisperd.config import Config, ConfigError
 from whisperd.gpu import Gpus
 from whisperd.notify import Notifier
@@ -124,6 +124,7 @@ class Supervisor:
         self._last_memory_check = 0.0
         self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         self.control = control.ControlServer(control.socket_path(cfg))
+        self.metrics: metrics.NullMetrics | metrics.Metrics = metrics.NullMetrics()
 
     # -- main loop ------------------------------------------------------------------------------
 
@@ -135,6 +136,11 @@ class Supervisor:
             self.cfg.workers.count, self.cfg.model.name, self.cfg.broker.job_queue, threads_for(self.cfg),
         )  # fmt: skip
         self.notifier.status("starting workers")
+        try:
+            self.metrics = metrics.start(self.cfg.metrics.listen)
+        except metrics.MetricsError as e:
+            log.critical("%s", e)
+            return 1
         self.control.open()
         try:
             while self.state != "exited":
@@ -152,12 +158,14 @@ class Supervisor:
                 self.check_memory()
                 self.manage_workers()
                 self._notify_progress()
+                self.metrics.update(self)
         except Exception:
             log.exception("supervisor failed; stopping workers")
             self._kill_all(signal.SIGKILL)
             return 1
         finally:
             self.control.close()
+            self.metrics.close()
         return self.exit_code
 
     def _queue_signal(self, signum: int, frame: Any) -> None:
@@ -199,6 +207,7 @@ class Supervisor:
             w.last_seen = now
             for r in reports:
                 w.report.update(r)
+                self.metrics.on_report(w.pid, r)
             if not w.ready and w.report.get("state") in READY_STATES:
                 w.ready_at = now
                 self.slots.setdefault(w.slot, Slot()).boot_failures = 0
@@ -325,6 +334,7 @@ class Supervisor:
         self.done_by_exited += int(w.report.get("done", 0))
         self.failed_by_exited += int(w.report.get("failed", 0))
         how = describe_status(status)
+        self.metrics.worker_exited(w, status, stopping=self.state == "stopping")
         slot = self.slots.setdefault(w.slot, Slot())
         if self.state == "stopping":
             log.info("worker %d (pid %d) stopped (%s)", w.slot, w.pid, how)
@@ -418,6 +428,7 @@ class Supervisor:
         self.workers = {}
         self.notifier.close_in_child()
         self.control.close_in_child()
+        self.metrics.close_in_child()
 
     # -- policies -------------------------------------------------------------------------------
 

@@ -78,6 +78,7 @@ class Worker:
         self.inflight = 0
         self.done = 0
         self.failed = 0
+        self.jobs_seen = 0
         self.max_jobs = (
             cfg.workers.max_jobs + random.randint(0, cfg.workers.max_jobs_jitter) if cfg.workers.max_jobs else 0
         )
@@ -300,7 +301,18 @@ class Worker:
         self._title(f"busy {task_id or '?'}")
         self.report.send(state="busy", task=task_id, since=time.time(), deadline=None)
         outcome = self.pipeline.run(d.body, on_started=functools.partial(self._on_started, job_props=d.props))
+        self._report_job(outcome)
         self._hand_back(d, outcome.completion, ack=outcome.ack)
+
+    def _report_job(self, outcome: Any) -> None:
+        """The job's outcome for the supervisor's metrics; ``seq`` tells a new job from a repeated report."""
+        self.jobs_seen += 1
+        c = outcome.completion
+        job = {"seq": self.jobs_seen, "status": "rejected", "code": "invalid_job", "reused": outcome.reused}
+        if c is not None:
+            code = (c.error or {}).get("code")
+            job.update(status=c.status, code=code, processing_s=c.processing_s, duration_s=c.duration_s)
+        self.report.send(job=job)
 
     def _on_started(self, job: Job, duration_s: float, job_props: pika.BasicProperties | None = None) -> None:
         self.report.send(deadline=job_deadline_s(self.cfg, duration_s), duration_s=duration_s)

@@ -1,0 +1,173 @@
+"""Prometheus metrics, served by the supervisor when ``metrics.listen`` is set.
+
+The supervisor has no torch and already hears every worker's reports, so it is the one place
+that sees the whole pool: job outcomes come in as worker reports, memory and queue depths are
+copied into gauges once a second by the main loop. prometheus_client serves them from its own
+thread; the main loop only ever sets values, so a slow scraper cannot stall supervision.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from typing import Any
+
+from whisperd.config import split_listen
+
+log = logging.getLogger("whisperd.supervisor")
+
+DURATION_BUCKETS = (0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1200, 3600)
+RTF_BUCKETS = (0.01, 0.02, 0.05, 0.1, 0.2, 0.35, 0.5, 0.75, 1, 1.5, 2, 5)
+STATES = ("booting", "connecting", "idle", "busy", "draining")
+
+
+class MetricsError(RuntimeError):
+    """Metrics were asked for but cannot be served (package missing, address in use)."""
+
+
+class NullMetrics:
+    """metrics.listen is empty: every hook is a no-op, so the supervisor calls them unconditionally."""
+
+    def on_report(self, pid: int, report: dict[str, Any]) -> None:
+        pass
+
+    def worker_exited(self, w: Any, status: int, stopping: bool) -> None:
+        pass
+
+    def update(self, sup: Any) -> None:
+        pass
+
+    def close_in_child(self) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+def start(listen: str) -> NullMetrics | Metrics:
+    return Metrics(listen) if listen else NullMetrics()
+
+
+def restart_reason(w: Any, status: int) -> str | None:
+    """Why a worker is being replaced, as a label; None when it was retired on purpose.
+
+    Reads the reasons the supervisor records on the WorkerProc (``killed``, ``retiring``).
+    """
+    if w.retiring == "recycled for memory":
+        return "recycled_memory"
+    if w.retiring is not None:
+        return None  # scaled down, replaced after a reload: planned, not a restart
+    if w.killed:
+        for needle, reason in (
+            ("heartbeat", "heartbeat_timeout"),
+            ("time limit", "job_timeout"),
+            ("hard_rss_mb", "memory_hard_limit"),
+            ("ready_timeout", "ready_timeout"),
+        ):
+            if needle in w.killed:
+                return reason
+        return "killed"
+    if os.waitstatus_to_exitcode(status) == 0:
+        return "recycled_max_jobs"
+    return "crashed" if w.ready else "boot_failed"
+
+
+class Metrics:
+    def __init__(self, listen: str) -> None:
+        try:
+            from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+        except ImportError:
+            raise MetricsError(
+                "metrics.listen is set but prometheus_client is not installed (pip install 'whisperd[metrics]')"
+            ) from None
+        r = self.registry = CollectorRegistry()
+        self.jobs = Counter("whisperd_jobs", "Jobs finished, by status and error code", ["status", "code"], registry=r)
+        self.duration = Histogram(
+            "whisperd_job_duration_seconds",
+            "Time from taking a job to its result",
+            buckets=DURATION_BUCKETS,
+            registry=r,
+        )
+        self.audio = Counter("whisperd_audio_seconds", "Seconds of audio transcribed", registry=r)
+        self.rtf = Histogram(
+            "whisperd_job_real_time_factor", "Processing time / audio length", buckets=RTF_BUCKETS, registry=r
+        )
+        self.restarts = Counter("whisperd_worker_restarts", "Workers replaced, by reason", ["reason"], registry=r)
+        self.queue_depth = Gauge("whisperd_queue_depth", "Jobs waiting in the job queue", registry=r)
+        self.dead_depth = Gauge("whisperd_dead_letter_depth", "Messages in the dead-letter queue", registry=r)
+        self.broker_up = Gauge("whisperd_broker_connected", "1 when a worker is connected to the broker", registry=r)
+        self.workers = Gauge("whisperd_workers", "Worker processes by state", ["state"], registry=r)
+        self.rss = Gauge("whisperd_worker_rss_bytes", "Resident memory of each worker", ["slot"], registry=r)
+        self.gpu = Gauge("whisperd_worker_gpu_memory_bytes", "GPU memory of each worker", ["slot"], registry=r)
+        self._seen: dict[int, int] = {}
+        self._last_update = 0.0
+        host, port = split_listen(listen)
+        try:
+            self.server, _thread = start_http_server(port, host, registry=r)
+        except OSError as e:
+            raise MetricsError(f"metrics.listen = {listen!r}: cannot listen: {e}") from None
+        log.info("metrics: http://%s:%d/metrics", host, self.server.server_port)
+
+    def on_report(self, pid: int, report: dict[str, Any]) -> None:
+        """Count a finished job once: reports repeat the last one, ``seq`` tells them apart."""
+        job = report.get("job")
+        if not isinstance(job, dict) or job.get("seq", 0) <= self._seen.get(pid, 0):
+            return
+        self._seen[pid] = job["seq"]
+        self.jobs.labels(job.get("status") or "unknown", job.get("code") or "").inc()
+        if job.get("reused") or job.get("status") != "done":
+            return  # answered from disk: no transcription to time
+        processing, audio = job.get("processing_s"), job.get("duration_s")
+        if processing is not None:
+            self.duration.observe(processing)
+        if audio:
+            self.audio.inc(audio)
+            if processing is not None:
+                self.rtf.observe(processing / audio)
+
+    def worker_exited(self, w: Any, status: int, stopping: bool) -> None:
+        self._seen.pop(w.pid, None)
+        for gauge in (self.rss, self.gpu):
+            try:
+                gauge.remove(str(w.slot))
+            except KeyError:
+                pass
+        reason = None if stopping else restart_reason(w, status)
+        if reason:
+            self.restarts.labels(reason).inc()
+
+    def update(self, sup: Any) -> None:
+        """Copy the supervisor's view into gauges, at most once a second."""
+        now = time.monotonic()
+        if now - self._last_update < 1.0:
+            return
+        self._last_update = now
+        from whisperd.control import latest_depths
+
+        workers = list(sup.workers.values())
+        depth = latest_depths(workers)
+        if depth:
+            self.queue_depth.set(depth["jobs"])
+            self.dead_depth.set(depth["dead"])
+        self.broker_up.set(1 if sup.broker_state() == "ok" else 0)
+        counts = dict.fromkeys(STATES, 0)
+        for w in workers:
+            state = w.report.get("state", "booting")
+            counts[state] = counts.get(state, 0) + 1
+        for state, n in counts.items():
+            self.workers.labels(state).set(n)
+        gpu_mb = sup.gpus.process_memory_mb() if sup.gpus.count else {}
+        for w in workers:
+            if w.rss_mb:
+                self.rss.labels(str(w.slot)).set(w.rss_mb * 2**20)
+            if w.pid in gpu_mb:
+                self.gpu.labels(str(w.slot)).set(gpu_mb[w.pid] * 2**20)
+
+    def close_in_child(self) -> None:
+        """In a forked worker: drop the listening socket (the serving thread was not forked)."""
+        self.server.socket.close()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
