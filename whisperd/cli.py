@@ -74,6 +74,20 @@ def cmd_submit(args: argparse.Namespace) -> int:
     return submit(cfg, args.files, args.wait, args.language, formats, args.output, args.timeout, args.progress)
 
 
+def cmd_api(args: argparse.Namespace) -> int:
+    cfg = _load(args)
+    logs.setup(cfg.logging.level)
+    try:
+        from whisperd.api import serve
+    except ImportError as e:
+        print(f"whisperd: the API needs its extra packages (pip install 'whisperd[api]'): {e}", file=sys.stderr)
+        return 2
+    if args.listen and not config_mod.listen_ok(args.listen):
+        print("whisperd: --listen takes HOST:PORT", file=sys.stderr)
+        return 2
+    return serve(cfg, args.listen)
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="whisperd", description="Whisper transcription daemon for RabbitMQ jobs.")
     p.add_argument("--version", action="version", version=f"whisperd {__version__}")
@@ -108,6 +122,11 @@ def parser() -> argparse.ArgumentParser:
         help="with --wait: a progress bar per file on stderr (default: when stderr is a terminal)",
     )
     submit.set_defaults(func=cmd_submit)
+
+    api = sub.add_parser("api", help="run the reference HTTP API (POST/GET /transcriptions)")
+    api.add_argument("--config", help=config_help)
+    api.add_argument("--listen", help="HOST:PORT (default: api.listen)")
+    api.set_defaults(func=cmd_api)
     return p
 
 
