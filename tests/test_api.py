@@ -14,6 +14,9 @@ import requests
 from clips import JFK, SPANISH
 from conftest import REPO, wait_for
 
+from whisperd.api import TaskStore
+from whisperd.contract import Completion
+
 
 def free_port() -> int:
     with socket.socket() as s:
@@ -144,3 +147,14 @@ def test_bad_requests(setup):
     assert api.post(empty, "empty.wav").status_code == 422
     openapi = requests.get(f"{api.url}/openapi.json", timeout=10).json()
     assert {"/transcriptions", "/transcriptions/{task_id}"} <= set(openapi["paths"])
+
+
+def test_a_late_processing_event_never_undoes_a_result(tmp_path):
+    store = TaskStore(str(tmp_path))
+    store.create("t1", "a.wav", "uploads/t1.wav")
+    store.apply(Completion("t1", "done", text="hola"))
+    store.apply(Completion("t1", "processing"))  # redelivered or reordered: ignored
+    record = store.get("t1")
+    assert record["state"] == "done" and record["completion"]["text"] == "hola"
+    assert [h["state"] for h in record["history"]] == ["queued", "done"]
+    assert sorted(os.listdir(tmp_path)) == ["t1.json"], "no temp files left behind"
