@@ -159,3 +159,14 @@ def test_a_job_past_its_time_limit_is_killed_retried_then_failed(broker, daemon_
     assert got["quick"]["status"] == "done"
     assert d.log().count("task too-slow exceeded its time limit of 2 s; killing it") == 2
     wait_for(lambda: broker.depth(broker.dead_queue)[0] == 1, 20, "the slow job in the dead-letter queue")
+
+
+def test_workers_fail_over_to_the_cluster_node_that_answers(broker, daemon_factory):
+    from rabbit_node import free_port
+
+    dead = f"amqp://guest:guest@127.0.0.1:{free_port()}/%2F"
+    d = daemon_factory(broker={"url": dead, "urls": [broker.url]}, workers={"count": 2}).start()
+    submit(broker, d, JFK.path, "via-other-node")
+    [c] = broker.completions(1, 60)
+    assert c["status"] == "done"
+    wait_for(lambda: "broker ok" in d.notify.statuses()[-1], 20, "STATUS broker ok")

@@ -37,6 +37,8 @@ def test_empty_file_gives_the_documented_defaults():
     [
         ({"broker": {"prefetch": 0}}, "broker.prefetch: must be >= 1"),
         ({"broker": {"url": "http://x"}}, "broker.url: must be an amqp://"),
+        ({"broker": {"urls": ["amqp://a", "http://b"]}}, "broker.urls: must be a list of amqp://"),
+        ({"broker": {"urls": "amqp://a"}}, "broker.urls: must be a list"),
         ({"broker": {"heartbeat": "60"}}, "broker.heartbeat: must be an integer"),
         ({"workers": {"count": True}}, "workers.count: must be an integer"),
         ({"workers": {"count": 0}}, "workers.count: must be between 1 and 256"),
@@ -81,3 +83,12 @@ def test_check_config_command(tmp_path):
         [sys.executable, "-m", "whisperd", "run", "--config", str(broken)], capture_output=True, text=True
     )
     assert run.returncode == 2 and "not valid TOML" in run.stderr
+
+
+def test_cluster_urls_start_at_random_and_keep_every_node():
+    from whisperd import broker
+
+    cfg = config.parse({"broker": {"url": "amqp://a", "urls": ["amqp://b", "amqp://c", "amqp://a"]}}).broker
+    orders = {tuple(broker.cluster_urls(cfg)) for _ in range(200)}
+    assert all(sorted(o) == ["amqp://a", "amqp://b", "amqp://c"] for o in orders)
+    assert {o[0] for o in orders} == {"amqp://a", "amqp://b", "amqp://c"}

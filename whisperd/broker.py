@@ -8,6 +8,7 @@ published with confirms: a caller only acks a job after ``publish`` returned.
 from __future__ import annotations
 
 import json
+import random
 from typing import Any
 
 import pika
@@ -57,8 +58,8 @@ def supports_consumer_timeout(server_version: str) -> bool:
     return parts >= (3, 11, 15)
 
 
-def connection_parameters(cfg: BrokerConfig, name: str) -> pika.URLParameters:
-    params = pika.URLParameters(cfg.url)
+def connection_parameters(cfg: BrokerConfig, name: str, url: str | None = None) -> pika.URLParameters:
+    params = pika.URLParameters(url or cfg.url)
     params.heartbeat = cfg.heartbeat
     params.connection_attempts = 1
     params.blocked_connection_timeout = max(cfg.heartbeat, 60) * 5
@@ -66,8 +67,16 @@ def connection_parameters(cfg: BrokerConfig, name: str) -> pika.URLParameters:
     return params
 
 
+def cluster_urls(cfg: BrokerConfig) -> list[str]:
+    """``broker.url`` and ``broker.urls``, starting at a random one so workers spread over the nodes."""
+    urls = [cfg.url, *(u for u in cfg.urls if u != cfg.url)]
+    start = random.randrange(len(urls))
+    return urls[start:] + urls[:start]
+
+
 def connect(cfg: BrokerConfig, name: str) -> pika.BlockingConnection:
-    return pika.BlockingConnection(connection_parameters(cfg, name))
+    """Connect to the first node that answers (pika tries the candidates in turn)."""
+    return pika.BlockingConnection([connection_parameters(cfg, name, url) for url in cluster_urls(cfg)])
 
 
 class TopologyMismatch(RuntimeError):

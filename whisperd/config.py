@@ -83,6 +83,9 @@ def key(default: Any, check: Callable[[Any], bool] | None = None, why: str = "",
 @dataclass
 class BrokerConfig:
     url: str = key("amqp://guest:guest@localhost:5672/%2F", _amqp_url, "must be an amqp:// or amqps:// URL")
+    urls: list = key(
+        [], lambda v: all(isinstance(x, str) and _amqp_url(x) for x in v), "must be a list of amqp:// or amqps:// URLs"
+    )
     job_queue: str = key("whisperd.jobs", _queue_name, "must be 1-255 bytes and not start with 'amq.'")
     result_queue: str = key("whisperd.results", _queue_name, "must be 1-255 bytes and not start with 'amq.'")
     prefetch: int = key(1, _positive, "must be >= 1")

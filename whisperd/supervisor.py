@@ -361,7 +361,10 @@ class Supervisor:
                 w.slot, w.pid, w.killed or how, f" while on task {task}, which goes back to the queue" if task else "",
             )  # fmt: skip
         if w.killed is None or not w.ready:
-            if time.monotonic() - w.started > STABLE_AFTER_S:
+            # Backoff is for crash loops: a worker that stayed up a while or finished jobs was
+            # healthy, and its death is about one job (which the attempt limit deals with).
+            worked = int(w.report.get("done", 0)) + int(w.report.get("failed", 0)) > 0
+            if worked or time.monotonic() - w.started > STABLE_AFTER_S:
                 slot.failures = 0
             slot.failures += 1
             delay = min(BACKOFF_MAX_S, 2.0 ** (slot.failures - 1))
