@@ -68,7 +68,8 @@ def main() -> int:
         section.load_before, section.load_after, section.seconds = before, loadavg(), time.monotonic() - t
         done.append(section)
         print(text_table([section]), flush=True)
-    if ctx.memory.rows:
+    if ctx.memory.rows and not any(x is ctx.memory for x in done):
+        ctx.memory.load_before, ctx.memory.load_after = header[3].split(": ")[1], loadavg()
         done.append(ctx.memory)
     header.append(f"total: {time.monotonic() - started:.0f} s; load average at end: {loadavg()}")
     table, md = text_table(done), markdown_table(done)

@@ -20,8 +20,7 @@ from bench.report import Section
 class Sizes:
     """How much work each section does; ``quick`` shrinks everything for development."""
 
-    overhead_jobs: int = 56
-    overhead_rounds: int = 3
+    overhead_rounds: int = 8  # of 8 files each: 56 timed jobs per arm
     cli_files: int = 7
     scaling_jobs: int = 16
     latency_jobs: int = 20
@@ -32,7 +31,7 @@ class Sizes:
     @classmethod
     def quick(cls) -> Sizes:
         return cls(
-            overhead_jobs=14, overhead_rounds=1, cli_files=2, scaling_jobs=4, latency_jobs=6,
+            overhead_rounds=2, cli_files=2, scaling_jobs=4, latency_jobs=6,
             long_audio_s=60.0, throughput_jobs=120, profile_s=5.0,
         )  # fmt: skip
 
@@ -56,15 +55,49 @@ class Ctx:
         return self.device.startswith("cuda")
 
 
-def run_direct(ctx: Ctx, model: str, threads: int, files: list[str], warmup: str, language: str | None = None) -> Any:
+def run_direct(
+    ctx: Ctx, model: str, threads: int, files: list[str], warmup: str, language: str | None = None,
+    extra: tuple[str, ...] = (),
+) -> Any:  # fmt: skip
     """The in-process whisper loop in its own process (bench.direct); returns its JSON report."""
     cmd = [sys.executable, "-m", "bench.direct", "--model", model, "--threads", str(threads)]
-    cmd += ["--device", ctx.device, "--warmup", warmup, *(["--language", language] if language else []), *files]
+    cmd += ["--device", ctx.device, "--warmup", warmup, *(["--language", language] if language else []), *extra, *files]
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     proc = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, env=env, check=False)
     if proc.returncode != 0:
         raise RuntimeError(f"bench.direct failed ({proc.returncode}): {proc.stderr[-2000:]}")
     return json.loads(proc.stdout)
+
+
+class DirectLoop:
+    """A long-lived bench.direct --serve process: transcribe one file at a time on request."""
+
+    def __init__(self, ctx: Ctx, model: str, threads: int, warmup: str) -> None:
+        cmd = [sys.executable, "-m", "bench.direct", "--model", model, "--threads", str(threads), "--serve"]
+        cmd += ["--device", ctx.device, "--warmup", warmup]
+        env = {**os.environ, "PYTHONPATH": str(REPO)}
+        self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd=REPO, env=env)
+        self._read()
+
+    def _read(self) -> Any:
+        assert self.proc.stdout is not None
+        line = self.proc.stdout.readline()
+        if not line:
+            raise RuntimeError(f"bench.direct --serve exited with {self.proc.wait()}")
+        return json.loads(line)
+
+    def transcribe(self, path: str) -> tuple[float, str]:
+        """(seconds inside model.transcribe, text) for one file."""
+        assert self.proc.stdin is not None
+        self.proc.stdin.write(path + "\n")
+        self.proc.stdin.flush()
+        answer = self._read()
+        return answer["s"], answer["text"]
+
+    def close(self) -> None:
+        if self.proc.stdin is not None:
+            self.proc.stdin.close()
+        self.proc.wait(30)
 
 
 def percentile(values: list[float], q: float) -> float:

@@ -5,6 +5,7 @@ file is decoded by whisper's own ``load_audio`` (ffmpeg), as a user calling whis
 Prints one JSON object: per-file seconds, texts, and the process's memory.
 
 Usage: python -m bench.direct --model PATH --threads N [--language xx] [--warmup FILE] FILE...
+       python -m bench.direct --model PATH --threads N --serve   (paths on stdin, one JSON line each)
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import json
 import os
 import sys
 import time
+from typing import Any
 
 
 def main() -> int:
@@ -23,7 +25,10 @@ def main() -> int:
     p.add_argument("--device", default="cpu")
     p.add_argument("--language")
     p.add_argument("--warmup", help="transcribed once, untimed, before the loop")
-    p.add_argument("files", nargs="+")
+    p.add_argument("--predecoded", action="store_true", help="decode the files first: time the model alone")
+    p.add_argument("--serve", action="store_true", help="transcribe each path read from stdin, answer in JSON")
+    p.add_argument("--thread-ab", type=int, default=0, help="alternate N calls in the main and in a second thread")
+    p.add_argument("files", nargs="*")
     args = p.parse_args()
     os.environ.update({k: str(args.threads) for k in ("OMP_NUM_THREADS", "MKL_NUM_THREADS")})
     import torch
@@ -39,9 +44,14 @@ def main() -> int:
     opts = dict(language=args.language, fp16=fp16, verbose=None)
     if args.warmup:
         model.transcribe(args.warmup, **opts)
+    if args.serve:
+        return serve(model, opts)
+    if args.thread_ab:
+        return thread_ab(model, opts, args.files[0], args.thread_ab, args.threads)
     before = memory(os.getpid())
     times, texts = [], []
-    for f in args.files:
+    inputs = [whisper.load_audio(f) for f in args.files] if args.predecoded else args.files
+    for f in inputs:
         t = time.monotonic()
         result = model.transcribe(f, **opts)
         times.append(time.monotonic() - t)
@@ -58,6 +68,57 @@ def main() -> int:
     if fp16:
         out["gpu_max_allocated_mb"] = torch.cuda.max_memory_allocated() / 2**20
     json.dump(out, sys.stdout)
+    return 0
+
+
+def thread_ab(model: Any, opts: dict, path: str, n: int, threads: int) -> int:
+    """Same call, in blocks alternately in the main thread and in a long-lived second thread.
+
+    A whisperd worker transcribes in its job thread (the main thread runs pika's I/O loop);
+    this isolates what that placement alone costs, with everything else equal.
+    """
+    import queue
+    import threading
+
+    import torch
+    import whisper
+
+    audio = whisper.load_audio(path)
+    todo: queue.Queue = queue.Queue()
+    done: queue.Queue = queue.Queue()
+
+    def job_thread() -> None:
+        torch.set_num_threads(threads)  # as whisperd's Transcriber.transcribe does
+        while todo.get():
+            t = time.monotonic()
+            model.transcribe(audio, **opts)
+            done.put(time.monotonic() - t)
+
+    threading.Thread(target=job_thread, daemon=True).start()
+    main_s, thread_s = [], []
+    block = max(1, n // 4)
+    for b in range(2 * (n // block) + 1):  # blocks: main, thread, main, ... (main's first call is a warm-up)
+        for _ in range(block):
+            if b % 2 == 0:
+                t = time.monotonic()
+                model.transcribe(audio, **opts)
+                main_s.append(time.monotonic() - t)
+            else:
+                todo.put(True)
+                thread_s.append(done.get())
+    main_s = main_s[1:]
+    todo.put(False)
+    print(json.dumps({"main": main_s, "thread": thread_s}))
+    return 0
+
+
+def serve(model: Any, opts: dict) -> int:
+    """Lock-step mode: the benchmark alternates single files between this loop and the daemon."""
+    print(json.dumps({"ready": True}), flush=True)
+    for line in sys.stdin:
+        t = time.monotonic()
+        result = model.transcribe(line.strip(), **opts)
+        print(json.dumps({"s": time.monotonic() - t, "text": result["text"].strip()}), flush=True)
     return 0
 
 
