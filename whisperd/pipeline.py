@@ -51,6 +51,7 @@ class Pipeline:
             stored = self.store.lookup(job)
             if stored is not None:
                 log.info("%s: task %s: already done, answering from the stored result", self.label, job.task_id)
+                self.store.end_attempts(job.task_id)  # a copy killed mid-way may have left a count
                 return Outcome(stored, reused=True)
             attempt = self.store.begin_attempt(job.task_id)
             if attempt > self.cfg.broker.max_attempts:
