@@ -25,7 +25,7 @@ from bench.report import Section, markdown_table, notes, text_table
 
 OUT = Path(__file__).resolve().parent.parent / ".cache" / "bench" / "last"
 SECTIONS: dict[str, Callable[[Ctx], Section]] = {
-    "overhead": overhead.run,
+    "overhead": lambda ctx: overhead.run_for_device(ctx),
     "scaling": scaling.run,
     "latency": latency.run,
     "memory": memory.run,

@@ -9,6 +9,8 @@ first publish to the last completion, with warm workers.
 
 from __future__ import annotations
 
+import subprocess
+
 from bench import checkpoints
 from bench.amqp import Producer, Queues
 from bench.clips import CLIPS, stage
@@ -17,7 +19,19 @@ from bench.daemon import Daemon
 from bench.procmem import memory
 from bench.report import Section
 
-SIZE = "tiny"
+GPU_SIZE = "large-v3"  # on a GPU, real-size random weights (fp16)
+
+
+def gpu_memory_mb() -> dict[int, float]:
+    """pid -> MiB of GPU memory, from nvidia-smi; empty without it."""
+    try:
+        out = subprocess.run(
+            ["nvidia-smi", "--query-compute-apps=pid,used_memory", "--format=csv,noheader,nounits"],
+            capture_output=True, text=True, check=True, timeout=30,
+        ).stdout  # fmt: skip
+    except (OSError, subprocess.SubprocessError):
+        return {}
+    return {int(p): float(m) for p, m in (line.split(",") for line in out.splitlines() if "," in line)}
 
 
 def arm(ctx: Ctx, model: str, label: str, count: int, threads: int, jobs: int) -> tuple[float, float, list]:
@@ -37,12 +51,17 @@ def arm(ctx: Ctx, model: str, label: str, count: int, threads: int, jobs: int) -
             if texts != {checkpoints.SCRIPT}:
                 raise RuntimeError(f"the steered model said something else: {texts}")
             mems = [memory(w.pid) for w in d.workers()]
+            if ctx.fp16:
+                gpu = gpu_memory_mb()
+                for i, w in enumerate(d.workers()):
+                    ctx.memory.add(f"{label}: worker {i + 1} GPU memory", f"{gpu.get(w.pid, float('nan')):.0f} MiB")
     return jobs / (got[-1].at - t0), ready_s, mems
 
 
 def run(ctx: Ctx) -> Section:
-    s = Section(f"scaling ({SIZE}-size, {ctx.device})")
-    model = str(checkpoints.ensure(SIZE))
+    size = GPU_SIZE if ctx.fp16 else "tiny"
+    s = Section(f"scaling ({size}-size, {ctx.device})")
+    model = str(checkpoints.ensure(size))
     n, cores = ctx.sizes.scaling_jobs, ctx.cores
     arms = [
         ("1 worker, default threads", 1, 0, f"{cores} threads"),
@@ -57,10 +76,10 @@ def run(ctx: Ctx) -> Section:
         s.add(f"{label} ({what})", f"{rate:.2f} jobs/s ({1000 / rate:.0f} ms/job)")
         if label == "2 workers, default threads":
             for i, m in enumerate(mems):
-                ctx.memory.add(f"{SIZE}-size worker {i + 1} of 2: RSS / USS", f"{m.rss_mb:.0f} / {m.uss_mb:.0f} MB")
+                ctx.memory.add(f"{size}-size worker {i + 1} of 2: RSS / USS", f"{m.rss_mb:.0f} / {m.uss_mb:.0f} MB")
         if label == "1 worker, default threads":
             m = mems[0]
-            ctx.memory.add(f"{SIZE}-size lone worker: RSS / USS", f"{m.rss_mb:.0f} / {m.uss_mb:.0f} MB")
+            ctx.memory.add(f"{size}-size lone worker: RSS / USS", f"{m.rss_mb:.0f} / {m.uss_mb:.0f} MB")
     speedup = rates["2 workers, default threads"] / rates["1 worker, default threads"]
     per_core = rates["2 workers, default threads"] / rates["1 worker, 1 thread"]
     over = rates["2 workers, oversubscribed"] / rates["2 workers, default threads"]
