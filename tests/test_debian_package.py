@@ -331,6 +331,9 @@ def test_install_enables_and_starts(installed: Container) -> None:
     assert pw[5] == "/nonexistent" and pw[6] == "/usr/sbin/nologin" and int(pw[2]) < 1000, pw
     assert "daemon-data" in c.sh("id -nG whisperuser").stdout.split()
     assert c.sh("which whisperd").stdout.strip() == "/usr/bin/whisperd"
+    # The config that was there before the install is kept; the packaged one lies next to it.
+    assert c.path("/etc/whisperd/whisperd.toml.dpkg-dist").exists()
+    assert "test-deb-" in c.path("/etc/whisperd/whisperd.toml").read_text()
     stat = c.sh("stat -c '%U:%G %a' /etc/whisperd/whisperd.toml /var/lib/whisperd /var/lib/whisperd/media "
                 "/var/lib/whisperd/results /var/lib/whisperd/models /run/whisperd").stdout.split("\n")  # fmt: skip
     assert stat[:6] == ["root:daemon-data 640", "whisperuser:daemon-data 750", "whisperuser:daemon-data 2770",
@@ -351,6 +354,20 @@ def test_producer_in_daemon_data_gets_a_transcript(installed: Container) -> None
     assert any(name.endswith(".txt") for name in out), out
     modes = c.sh("stat -c '%U:%G %a' /var/lib/whisperd/results/*.txt").stdout.split("\n")[0]
     assert modes == "whisperuser:daemon-data 640", modes
+    if "status" in c.sh("whisperd --help").stdout:  # the control socket is open to daemon-data
+        status = c.sh("whisperd status --json", user="producer").stdout
+        assert len(json.loads(status)["workers"]) == 1, status
+
+
+def test_every_command_has_its_dependencies(installed: Container) -> None:
+    """/usr/bin/whisperd dispatches to the venv, which holds the optional extras too."""
+    c = installed
+    commands = re.search(r"\{([a-z,-]+)\}", c.sh("whisperd --help").stdout)
+    assert commands, "whisperd --help lists no commands"
+    for command in commands.group(1).split(","):
+        c.sh(f"whisperd {command} --help >/dev/null")
+    c.sh("/usr/lib/whisperd/venv/bin/python -c 'import prometheus_client, fastapi, uvicorn, python_multipart'")
+    assert "/usr/lib/whisperd/venv/bin/python" in c.sh("head -1 /usr/lib/whisperd/venv/bin/whisperd").stdout
 
 
 def _completion(c: Container, queues: BrokerClient, task_id: str, timeout: float = 120) -> dict[str, Any]:
@@ -415,6 +432,8 @@ def test_unit_settings_and_security_exposure(installed: Container) -> None:
     for name, value in expected.items():
         assert c.prop(name) == value, name
     assert c.prop("TimeoutStopUSec") == "11min" and c.prop("WatchdogUSec") == "2min"
+    assert c.prop("WatchdogTimestampMonotonic") not in ("", "0"), "no WATCHDOG=1 has reached systemd"
+    assert c.prop("NRestarts") == "0"
     assert "rabbitmq-server.service" in c.prop("After") and "network-online.target" in c.prop("After")
     assert "rabbitmq-server" not in c.prop("Requires") + c.prop("Wants")
     out = c.sh("systemd-analyze security --no-pager whisperd.service", check=False).stdout
