@@ -92,14 +92,33 @@ class Worker:
         signal.signal(signal.SIGHUP, signal.SIG_IGN)
         self._title("booting")
         self.report.send(pid=os.getpid(), slot=self.slot, state="booting", done=0, failed=0, broker="connecting")
-        try:
-            self.pipeline = self._load()
-        except Exception as e:
+        loaded = threading.Event()
+        outcome: dict[str, Any] = {}
+        threading.Thread(target=self._job_thread, args=(loaded, outcome), name="jobs", daemon=True).start()
+        loaded.wait()
+        if "error" in outcome:
+            e = outcome["error"]
             log.error("%s: cannot load model %r: %s", self.label, self.cfg.model.name, e)
             self.report.send(state="boot_failed", error=f"cannot load model {self.cfg.model.name!r}: {e}")
             return WORKER_BOOT_ERROR
-        threading.Thread(target=self._job_loop, name="jobs", daemon=True).start()
+        self.pipeline = outcome["pipeline"]
         return self._serve_forever()
+
+    def _job_thread(self, loaded: threading.Event, outcome: dict[str, Any]) -> None:
+        """Load, warm up and run every job in this one thread.
+
+        OpenMP gives each thread that computes its own pool of torch threads: warming up in the
+        main thread and transcribing here would leave two pools competing for the same cores
+        (measured ~30 % slower per job on 2 cores, see bench/RESULTS.md).
+        """
+        try:
+            outcome["pipeline"] = self._load()
+        except Exception as e:
+            outcome["error"] = e
+        finally:
+            loaded.set()
+        if "pipeline" in outcome:
+            self._job_loop()
 
     def _load(self) -> Any:
         from whisperd.pipeline import Pipeline
