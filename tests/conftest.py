@@ -4,13 +4,8 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import signal
-import socket
-import struct
 import subprocess
 import sys
-import threading
 import time
 import uuid
 from pathlib import Path
@@ -25,28 +20,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent / "fixtures"))
 from clips import DATA_DIR, FIXTURE_MODEL, JFK  # noqa: E402
 from rabbit_node import RabbitNode  # noqa: E402
 
+from whisperd.testing import DaemonProcess, title_of, write_toml  # noqa: E402
+
 BROKER_URL = os.environ.get("WHISPERD_TEST_BROKER", "amqp://guest:guest@127.0.0.1:5672/%2F")
 REPO = Path(__file__).resolve().parent.parent
-
-
-def toml_value(v: Any) -> str:
-    if isinstance(v, bool):
-        return "true" if v else "false"
-    if isinstance(v, (int, float)):
-        return repr(v)
-    if isinstance(v, str):
-        return json.dumps(v)
-    if isinstance(v, list):
-        return "[" + ", ".join(toml_value(x) for x in v) + "]"
-    raise TypeError(v)
-
-
-def write_toml(path: Path, data: dict[str, dict[str, Any]]) -> None:
-    lines = []
-    for section, values in data.items():
-        lines.append(f"[{section}]")
-        lines += [f"{k} = {toml_value(v)}" for k, v in values.items()]
-    path.write_text("\n".join(lines) + "\n")
 
 
 def wait_for(predicate: Any, timeout: float, what: str, interval: float = 0.1) -> Any:
@@ -57,49 +34,6 @@ def wait_for(predicate: Any, timeout: float, what: str, interval: float = 0.1) -
             return value
         time.sleep(interval)
     raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
-
-
-class NotifyListener:
-    """A stand-in for systemd's notify socket that records (sender pid, message)."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = str(path)
-        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1)
-        self.sock.bind(self.path)
-        self.sock.settimeout(0.2)
-        self.messages: list[tuple[int, str]] = []
-        self._stop = False
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._thread.start()
-
-    def _run(self) -> None:
-        creds_size = struct.calcsize("3i")
-        while not self._stop:
-            try:
-                data, ancdata, _, _ = self.sock.recvmsg(4096, socket.CMSG_SPACE(creds_size))
-            except TimeoutError:
-                continue
-            except OSError:
-                return
-            pid = -1
-            for level, kind, payload in ancdata:
-                if level == socket.SOL_SOCKET and kind == socket.SCM_CREDENTIALS:
-                    pid = struct.unpack("3i", payload[:creds_size])[0]
-            self.messages.append((pid, data.decode()))
-
-    def lines(self) -> list[str]:
-        return [line for _, msg in list(self.messages) for line in msg.splitlines()]
-
-    def count(self, line: str) -> int:
-        return sum(1 for x in self.lines() if x == line)
-
-    def statuses(self) -> list[str]:
-        return [x[7:] for x in self.lines() if x.startswith("STATUS=")]
-
-    def close(self) -> None:
-        self._stop = True
-        self.sock.close()
 
 
 class BrokerClient:
@@ -169,109 +103,27 @@ class BrokerClient:
             self.conn.close()
 
 
-class Daemon:
-    """``whisperd run`` as a real subprocess with its own config, media and results directories."""
+class Daemon(DaemonProcess):
+    """``whisperd run`` on the test's queues, with the fixture model and short timeouts."""
 
     def __init__(self, root: Path, client: BrokerClient, **sections: dict[str, Any]) -> None:
-        self.root = root
-        self.media = root / "media"
-        self.results = root / "results"
-        self.media.mkdir(parents=True, exist_ok=True)
-        self.config_path = root / "whisperd.toml"
-        self.log_path = root / "whisperd.log"
-        self.notify = NotifyListener(root / "notify.sock")
-        self.proc: subprocess.Popen | None = None
-        self.config: dict[str, dict[str, Any]] = {
+        base: dict[str, dict[str, Any]] = {
             "broker": {"url": client.url, "job_queue": client.job_queue, "result_queue": client.result_queue,
                        "reconnect_max_s": 2.0},
             "model": {"name": str(FIXTURE_MODEL)},
-            "storage": {"media_root": str(self.media), "results_dir": str(self.results)},
             "workers": {"count": 1, "drain_timeout": 60.0},
         }  # fmt: skip
+        super().__init__(root, base, cwd=REPO)
         self.configure(**sections)
 
-    def configure(self, **sections: dict[str, Any]) -> None:
-        for name, values in sections.items():
-            self.config.setdefault(name, {}).update(values)
-        write_toml(self.config_path, self.config)
-
-    def start(self, wait_ready: bool = True, env: dict[str, str] | None = None) -> Daemon:
-        full_env = {**os.environ, "NOTIFY_SOCKET": self.notify.path, "PYTHONUNBUFFERED": "1", **(env or {})}
-        self.log_file = open(self.log_path, "ab")
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "whisperd", "run", "--config", str(self.config_path)],
-            env=full_env, stdout=self.log_file, stderr=subprocess.STDOUT, start_new_session=True, cwd=REPO,
-        )  # fmt: skip
-        if wait_ready:
-            self.wait_ready()
+    def start(self, wait_ready: bool = True, env: dict[str, str] | None = None, timeout: float = 120) -> Daemon:
+        super().start(wait_ready, env, timeout)
         return self
-
-    def wait_ready(self, count: int = 1, timeout: float = 120) -> None:
-        def ready() -> bool:
-            if self.proc is not None and self.proc.poll() is not None:
-                raise AssertionError(f"whisperd exited with {self.proc.returncode}:\n{self.log()}")
-            return self.notify.count("READY=1") >= count
-
-        wait_for(ready, timeout, f"READY=1 #{count}\n{self.log()}")
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
-
-    @property
-    def pid(self) -> int:
-        assert self.proc is not None
-        return self.proc.pid
-
-    def workers(self) -> list[psutil.Process]:
-        try:
-            kids = psutil.Process(self.pid).children()
-        except psutil.NoSuchProcess:
-            return []
-        return [k for k in kids if _title(k).startswith("whisperd: worker")]
-
-    def titles(self) -> list[str]:
-        return sorted(_title(w) for w in self.workers())
 
     def busy_worker(self, timeout: float = 60) -> psutil.Process:
         return wait_for(
-            lambda: next((w for w in self.workers() if "[busy" in _title(w)), None), timeout, "a busy worker"
+            lambda: next((w for w in self.workers() if "[busy" in title_of(w)), None), timeout, "a busy worker"
         )
-
-    def signal(self, sig: int) -> None:
-        os.kill(self.pid, sig)
-
-    def wait_exit(self, timeout: float) -> int:
-        assert self.proc is not None
-        return self.proc.wait(timeout)
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            try:
-                os.kill(self.pid, signal.SIGQUIT)
-                self.proc.wait(20)
-            except (subprocess.TimeoutExpired, ProcessLookupError):
-                pass
-            try:
-                os.killpg(self.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-            self.proc.wait(10)
-        if self.proc is not None:
-            self.log_file.close()
-        self.notify.close()
-
-    def stage(self, source: Path, name: str) -> str:
-        dest = self.media / name
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(source, dest)
-        return name
-
-
-def _title(p: psutil.Process) -> str:
-    try:
-        return " ".join(p.cmdline()).strip()
-    except psutil.Error:
-        return ""
 
 
 @pytest.fixture
@@ -339,4 +191,4 @@ def long_audio(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return out
 
 
-__all__ = ["DATA_DIR", "BrokerClient", "Daemon", "wait_for"]
+__all__ = ["DATA_DIR", "BrokerClient", "Daemon", "wait_for", "write_toml"]

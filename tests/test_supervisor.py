@@ -44,7 +44,7 @@ def test_notify_protocol_titles_and_no_torch_in_the_supervisor(broker, daemon_fa
     d.signal(signal.SIGTERM)
     assert d.wait_exit(30) == 0
     assert "STOPPING=1" in d.notify.lines()
-    senders = {pid for pid, _ in d.notify.messages}
+    senders = d.notify.senders()
     assert senders == {d.pid}, f"notifications from {senders}, supervisor is {d.pid}"
 
 
