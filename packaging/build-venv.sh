@@ -43,7 +43,10 @@ find "$site"/torch/bin -maxdepth 1 -type f ! -name torch_shm_manager -delete  # 
 rm -rf "$site"/torch/include "$site"/torch/test "$site"/torch/share/cmake \
     "$site"/torch/lib/libjitbackend_test.so "$site"/torch/lib/libtorchbind_test.so \
     "$site"/torch/lib/libbackend_with_compiler.so "$site"/torch/lib/libaoti_custom_ops.so \
-    "$site"/whisperd-*.dist-info/direct_url.json "$target"/bin/activate* "$target"/bin/Activate.ps1
+    "$site"/whisperd-*.dist-info/direct_url.json "$target"/share
+# Only the whisperd command: the venv's other entry points (torchrun, f2py, uvicorn, ...) and the
+# activate scripts serve no one on a server, and whisperd reaches everything as a library.
+find "$target/bin" -maxdepth 1 -type f ! -name whisperd -delete
 for pkg in numpy numba llvmlite sympy networkx; do
     find "$site/$pkg" -depth -type d -name tests -exec rm -rf {} +
 done
