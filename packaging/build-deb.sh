@@ -12,18 +12,9 @@ cd "$(dirname "$0")/.."
 COMPRESS=${COMPRESS:-gzip}
 LOCK=$(realpath "${LOCK:-packaging/requirements.lock}")
 FORCE=${FORCE:-0}
-[ "$(id -u)" = 0 ] && SUDO="" || SUDO="sudo"
 log() { echo "build-deb: $*"; }
 
-missing=""
-for p in debhelper dpkg-dev python3.11-venv ffmpeg; do
-    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing="$missing $p"
-done
-if [ -n "$missing" ]; then
-    log "installing$missing"
-    $SUDO apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends $missing >/dev/null
-fi
+sh scripts/apt-ensure.sh debhelper dpkg-dev python3.11-venv ffmpeg
 
 upstream=$(sed -n 's/^__version__ = "\(.*\)"/\1/p' whisperd/__init__.py)
 debver=$(dpkg-parsechangelog -l packaging/debian/changelog -S Version)
