@@ -94,7 +94,8 @@ def thread_ab(model: Any, opts: dict, path: str, n: int, threads: int) -> int:
             model.transcribe(audio, **opts)
             done.put(time.monotonic() - t)
 
-    threading.Thread(target=job_thread, daemon=True).start()
+    worker = threading.Thread(target=job_thread, daemon=True)
+    worker.start()
     main_s, thread_s = [], []
     block = max(1, n // 4)
     for b in range(2 * (n // block) + 1):  # blocks: main, thread, main, ... (main's first call is a warm-up)
@@ -108,6 +109,7 @@ def thread_ab(model: Any, opts: dict, path: str, n: int, threads: int) -> int:
                 thread_s.append(done.get())
     main_s = main_s[1:]
     todo.put(False)
+    worker.join()  # a torch thread still running at interpreter exit aborts the process
     print(json.dumps({"main": main_s, "thread": thread_s}))
     return 0
 
