@@ -191,4 +191,17 @@ def long_audio(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return out
 
 
+@pytest.fixture(scope="session")
+def slow_audio(long_audio: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """5.5 min of speech: a job that lasts several seconds even on an idle machine, for tests that
+    must act while a job is still running (kill it, time it out, outlast heartbeats)."""
+    out = tmp_path_factory.mktemp("audio") / "slow.wav"
+    subprocess.run(
+        ["ffmpeg", "-nostdin", "-loglevel", "error", "-stream_loop", "4", "-i", str(long_audio), "-c", "copy",
+         str(out)],
+        check=True,
+    )  # fmt: skip
+    return out
+
+
 __all__ = ["DATA_DIR", "BrokerClient", "Daemon", "wait_for", "write_toml"]

@@ -65,13 +65,13 @@ def amqp_connection_of(worker: psutil.Process) -> tuple[int, str]:
     return found[0] if len(found) == 1 else (0, "")
 
 
-def test_a_transcription_longer_than_three_heartbeats_is_not_redelivered(broker, daemon_factory, long_audio):
+def test_a_transcription_longer_than_three_heartbeats_is_not_redelivered(broker, daemon_factory, slow_audio):
     heartbeat = 2
-    d = daemon_factory(broker={"heartbeat": heartbeat}).start()
+    d = daemon_factory(broker={"heartbeat": heartbeat}, workers={"threads": 1}).start()
     [worker] = d.workers()
     before = wait_for(lambda: amqp_connection_of(worker)[0] and amqp_connection_of(worker), 30, "the connection")
     assert before[1] == str(heartbeat), f"heartbeat not negotiated: {before}"
-    submit(broker, d, long_audio, "long-1")
+    submit(broker, d, slow_audio, "long-1")
     [c] = broker.completions(1, 180)
     assert (c["task_id"], c["status"]) == ("long-1", "done")
     assert c["processing_s"] > 3 * heartbeat, "precondition: the job must outlast three heartbeat intervals"
@@ -124,14 +124,14 @@ def _kill_when_busy_with(d, task_id: str, kills: list[int], stop: threading.Even
         time.sleep(0.05)
 
 
-def test_a_job_that_kills_its_worker_is_dead_lettered_after_max_attempts(broker, daemon_factory, long_audio):
+def test_a_job_that_kills_its_worker_is_dead_lettered_after_max_attempts(broker, daemon_factory, slow_audio):
     d = daemon_factory(workers={"count": 2}, broker={"max_attempts": 3}).start()
     kills: list[int] = []
     stop = threading.Event()
     killer = threading.Thread(target=_kill_when_busy_with, args=(d, "poison", kills, stop, 1.0), daemon=True)
     killer.start()
     try:
-        submit(broker, d, long_audio, "poison")
+        submit(broker, d, slow_audio, "poison")
         for i in range(6):
             submit(broker, d, JFK.path, f"fine-{i}")
         got = {c["task_id"]: c for c in broker.completions(7, 240)}
@@ -150,9 +150,9 @@ def test_a_job_that_kills_its_worker_is_dead_lettered_after_max_attempts(broker,
     wait_for(lambda: broker.depth(broker.job_queue) == (0, 0), 20, "an empty job queue")
 
 
-def test_a_job_past_its_time_limit_is_killed_retried_then_failed(broker, daemon_factory, long_audio):
+def test_a_job_past_its_time_limit_is_killed_retried_then_failed(broker, daemon_factory, slow_audio):
     d = daemon_factory(workers={"count": 1}, broker={"max_attempts": 2}, limits={"job_timeout_s": 2.0}).start()
-    submit(broker, d, long_audio, "too-slow")
+    submit(broker, d, slow_audio, "too-slow")
     submit(broker, d, JFK.path, "quick")
     got = {c["task_id"]: c for c in broker.completions(2, 240)}
     assert (got["too-slow"]["status"], got["too-slow"]["error"]["code"]) == ("failed", "attempts_exhausted")

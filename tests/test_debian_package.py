@@ -446,10 +446,10 @@ def test_unit_settings_and_security_exposure(installed: Container) -> None:
 
 @pytest.fixture(scope="module")
 def long_job_audio(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """jfk.flac six times: seconds to tens of seconds of work for the fixture model (it rambles on
-    repeated speech), time enough to stop the service mid-job, well inside the drain timeout."""
+    """jfk.flac thirty times (5.5 min): several seconds of work even on an idle machine, time enough
+    to stop the service mid-job, well inside the drain timeout."""
     out = tmp_path_factory.mktemp("deb-audio") / "long.wav"
-    run(["ffmpeg", "-nostdin", "-loglevel", "error", "-stream_loop", "5", "-i", str(JFK.path),
+    run(["ffmpeg", "-nostdin", "-loglevel", "error", "-stream_loop", "29", "-i", str(JFK.path),
          "-ar", "16000", "-ac", "1", str(out)], 120)  # fmt: skip
     return out
 
