@@ -17,7 +17,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent / "fixtures"))
 
-from clips import DATA_DIR, FIXTURE_MODEL, JFK  # noqa: E402
+from clips import DATA_DIR, FIXTURE_MODEL, JFK, repeat_audio  # noqa: E402
 from rabbit_node import RabbitNode  # noqa: E402
 
 from whisperd.testing import DaemonProcess, title_of, write_toml  # noqa: E402
@@ -195,13 +195,7 @@ def long_audio(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def slow_audio(long_audio: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """5.5 min of speech: a job that lasts several seconds even on an idle machine, for tests that
     must act while a job is still running (kill it, time it out, outlast heartbeats)."""
-    out = tmp_path_factory.mktemp("audio") / "slow.wav"
-    subprocess.run(
-        ["ffmpeg", "-nostdin", "-loglevel", "error", "-stream_loop", "4", "-i", str(long_audio), "-c", "copy",
-         str(out)],
-        check=True,
-    )  # fmt: skip
-    return out
+    return repeat_audio(long_audio, 5, tmp_path_factory.mktemp("audio") / "slow.wav")
 
 
 __all__ = ["DATA_DIR", "BrokerClient", "Daemon", "wait_for", "write_toml"]

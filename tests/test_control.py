@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 
 import pytest
-from clips import JFK
+from clips import JFK, repeat_audio
 from conftest import REPO, wait_for
 
 from whisperd import config, control
@@ -37,13 +37,7 @@ def status_json(cfg_path) -> dict:
 @pytest.fixture(scope="module")
 def very_long_audio(long_audio, tmp_path_factory) -> Path:
     """20 minutes of speech: a job that keeps a worker busy while the test looks at it."""
-    out = tmp_path_factory.mktemp("audio") / "very-long.wav"
-    subprocess.run(
-        ["ffmpeg", "-nostdin", "-loglevel", "error", "-stream_loop", "17", "-i", str(long_audio), "-c", "copy",
-         str(out)],
-        check=True,
-    )  # fmt: skip
-    return out
+    return repeat_audio(long_audio, 18, tmp_path_factory.mktemp("audio") / "very-long.wav")
 
 
 def test_status_shows_workers_tasks_and_queue_depths(broker, daemon_factory, very_long_audio, tmp_path):
