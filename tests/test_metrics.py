@@ -99,7 +99,7 @@ def test_address_in_use_stops_the_start_with_the_reason(broker, daemon_factory):
 
 
 def proc(**kw):
-    base = {"retiring": None, "killed": None, "ready": True}
+    base = {"retiring": None, "killed": None, "cause": None, "ready": True}
     return SimpleNamespace(**{**base, **kw})
 
 
@@ -108,9 +108,9 @@ def test_restart_reasons():
     assert restart_reason(proc(), crashed) == "crashed"
     assert restart_reason(proc(ready=False), crashed) == "boot_failed"
     assert restart_reason(proc(), exited_0) == "recycled_max_jobs"
-    assert restart_reason(proc(retiring="recycled for memory"), exited_0) == "recycled_memory"
+    assert restart_reason(proc(retiring="recycled for memory", cause="recycled_memory"), exited_0) == "recycled_memory"
     assert restart_reason(proc(retiring="scaled down"), exited_0) is None
-    assert restart_reason(proc(killed="no heartbeat for 61 s (workers.timeout)"), 9) == "heartbeat_timeout"
-    assert restart_reason(proc(killed="task x exceeded its time limit of 300 s"), 9) == "job_timeout"
-    assert restart_reason(proc(killed="RSS 900 MB over workers.hard_rss_mb = 800"), 9) == "memory_hard_limit"
-    assert restart_reason(proc(killed="not ready after workers.ready_timeout = 600 s"), 9) == "ready_timeout"
+    assert restart_reason(proc(killed="no heartbeat for 61 s", cause="heartbeat_timeout"), 9) == "heartbeat_timeout"
+    assert restart_reason(proc(killed="task x over 300 s", cause="job_timeout"), 9) == "job_timeout"
+    assert restart_reason(proc(killed="RSS 900 MB", cause="memory_hard_limit"), 9) == "memory_hard_limit"
+    assert restart_reason(proc(killed="not ready", cause="ready_timeout"), 9) == "ready_timeout"

@@ -201,8 +201,8 @@ def snapshot(sup: Any) -> dict[str, Any]:
                 "state": r.get("state", "booting") if not w.retiring else f"{r.get('state', 'booting')} (retiring)",
                 "task": r.get("task"),
                 "task_elapsed_s": round(now_wall - since, 1) if since and r.get("task") else None,
-                "jobs_done": int(r.get("done", 0)),
-                "jobs_failed": int(r.get("failed", 0)),
+                "jobs_done": w.jobs_done,
+                "jobs_failed": w.jobs_failed,
                 "rss_mb": round(w.rss_mb, 1) if w.rss_mb else None,
                 "gpu_mb": gpu_mb.get(w.pid) if sup.gpus.count else None,
                 "device": r.get("device"),
@@ -211,6 +211,7 @@ def snapshot(sup: Any) -> dict[str, Any]:
             }
         )
     depth = latest_depths(sup.workers.values())
+    done, failed = sup.job_totals()
     return {
         "pid": os.getpid(),
         "version": __version__,
@@ -218,8 +219,8 @@ def snapshot(sup: Any) -> dict[str, Any]:
         "config": sup.cfg.path,
         "workers_wanted": sup.cfg.workers.count,
         "workers": workers,
-        "jobs_done": sup.done_by_exited + sum(int(w.report.get("done", 0)) for w in sup.workers.values()),
-        "jobs_failed": sup.failed_by_exited + sum(int(w.report.get("failed", 0)) for w in sup.workers.values()),
+        "jobs_done": done,
+        "jobs_failed": failed,
         "restarts": sup.restarts,
         "broker": sup.broker_state(),
         "job_queue": sup.cfg.broker.job_queue,

@@ -52,22 +52,14 @@ def start(listen: str) -> NullMetrics | Metrics:
 def restart_reason(w: Any, status: int) -> str | None:
     """Why a worker is being replaced, as a label; None when it was retired on purpose.
 
-    Reads the reasons the supervisor records on the WorkerProc (``killed``, ``retiring``).
+    Reads the cause the supervisor records on the WorkerProc when it kills or recycles one.
     """
-    if w.retiring == "recycled for memory":
-        return "recycled_memory"
+    if w.cause == "recycled_memory":
+        return w.cause
     if w.retiring is not None:
         return None  # scaled down, replaced after a reload: planned, not a restart
     if w.killed:
-        for needle, reason in (
-            ("heartbeat", "heartbeat_timeout"),
-            ("time limit", "job_timeout"),
-            ("hard_rss_mb", "memory_hard_limit"),
-            ("ready_timeout", "ready_timeout"),
-        ):
-            if needle in w.killed:
-                return reason
-        return "killed"
+        return w.cause or "killed"
     if os.waitstatus_to_exitcode(status) == 0:
         return "recycled_max_jobs"
     return "crashed" if w.ready else "boot_failed"

@@ -58,12 +58,21 @@ class WorkerProc:
     ready_at: float | None = None
     retiring: str | None = None  # why we asked it to stop
     holds_slot: bool = False  # a recycled worker keeps its slot until it exits
-    killed: str | None = None  # why we killed it
+    killed: str | None = None  # why we killed it, for the log
+    cause: str | None = None  # why we killed or recycled it, as a metrics label
     rss_mb: float = 0.0
 
     @property
     def ready(self) -> bool:
         return self.ready_at is not None
+
+    @property
+    def jobs_done(self) -> int:
+        return int(self.report.get("done", 0))
+
+    @property
+    def jobs_failed(self) -> int:
+        return int(self.report.get("failed", 0))
 
     @property
     def counted(self) -> bool:
@@ -331,8 +340,8 @@ class Supervisor:
 
     def _worker_exited(self, w: WorkerProc, status: int) -> None:
         w.sock.close()
-        self.done_by_exited += int(w.report.get("done", 0))
-        self.failed_by_exited += int(w.report.get("failed", 0))
+        self.done_by_exited += w.jobs_done
+        self.failed_by_exited += w.jobs_failed
         how = describe_status(status)
         self.metrics.worker_exited(w, status, stopping=self.state == "stopping")
         slot = self.slots.setdefault(w.slot, Slot())
@@ -363,7 +372,7 @@ class Supervisor:
         if w.killed is None or not w.ready:
             # Backoff is for crash loops: a worker that stayed up a while or finished jobs was
             # healthy, and its death is about one job (which the attempt limit deals with).
-            worked = int(w.report.get("done", 0)) + int(w.report.get("failed", 0)) > 0
+            worked = w.jobs_done + w.jobs_failed > 0
             if worked or time.monotonic() - w.started > STABLE_AFTER_S:
                 slot.failures = 0
             slot.failures += 1
@@ -442,20 +451,22 @@ class Supervisor:
         for w in list(self.workers.values()):
             if w.killed:
                 continue
-            reason = None
             if not w.ready:
                 if now - w.started > self.cfg.workers.ready_timeout:
-                    reason = f"not ready after workers.ready_timeout = {self.cfg.workers.ready_timeout:.0f} s"
+                    timeout = self.cfg.workers.ready_timeout
+                    self._kill(w, "ready_timeout", f"not ready after workers.ready_timeout = {timeout:.0f} s")
             elif now - w.last_seen > self.cfg.workers.timeout:
-                reason = f"no heartbeat for {now - w.last_seen:.0f} s (workers.timeout)"
+                self._kill(w, "heartbeat_timeout", f"no heartbeat for {now - w.last_seen:.0f} s (workers.timeout)")
             else:
                 since, deadline = w.report.get("since"), w.report.get("deadline")
                 if w.report.get("state") == "busy" and since and deadline and wall - since > deadline:
-                    reason = f"task {w.report.get('task')} exceeded its time limit of {deadline:.0f} s"
-            if reason:
-                log.error("worker %d (pid %d): %s; killing it", w.slot, w.pid, reason)
-                w.killed = reason
-                self._signal(w, signal.SIGKILL)
+                    task = w.report.get("task")
+                    self._kill(w, "job_timeout", f"task {task} exceeded its time limit of {deadline:.0f} s")
+
+    def _kill(self, w: WorkerProc, cause: str, reason: str) -> None:
+        log.error("worker %d (pid %d): %s; killing it", w.slot, w.pid, reason)
+        w.killed, w.cause = reason, cause
+        self._signal(w, signal.SIGKILL)
 
     def check_memory(self) -> None:
         """Recycle a worker over max_rss_mb after its job; kill one over hard_rss_mb at once."""
@@ -472,15 +483,13 @@ class Supervisor:
             if w.killed:
                 continue
             if hard and w.rss_mb > hard:
-                w.killed = f"RSS {w.rss_mb:.0f} MB over workers.hard_rss_mb = {hard}"
-                log.error("worker %d (pid %d): %s; killing it", w.slot, w.pid, w.killed)
-                self._signal(w, signal.SIGKILL)
+                self._kill(w, "memory_hard_limit", f"RSS {w.rss_mb:.0f} MB over workers.hard_rss_mb = {hard}")
             elif soft and w.rss_mb > soft and w.retiring is None and w.ready:
                 log.warning(
                     "worker %d (pid %d): RSS %.0f MB over workers.max_rss_mb = %d; recycling it after its job",
                     w.slot, w.pid, w.rss_mb, soft,
                 )  # fmt: skip
-                w.retiring, w.holds_slot = "recycled for memory", True
+                w.retiring, w.holds_slot, w.cause = "recycled for memory", True, "recycled_memory"
                 self._signal(w, signal.SIGTERM)
 
     def manage_workers(self) -> None:
@@ -559,11 +568,18 @@ class Supervisor:
             return "unreachable"
         return "connecting"
 
+    def job_totals(self) -> tuple[int, int]:
+        """Jobs done and failed since start, by live and exited workers."""
+        live = list(self.workers.values())
+        return (
+            self.done_by_exited + sum(w.jobs_done for w in live),
+            self.failed_by_exited + sum(w.jobs_failed for w in live),
+        )
+
     def _status_text(self) -> str:
         live = [w for w in self.workers.values() if w.counted]
         busy = sum(1 for w in live if w.report.get("state") == "busy")
-        done = self.done_by_exited + sum(int(w.report.get("done", 0)) for w in self.workers.values())
-        failed = self.failed_by_exited + sum(int(w.report.get("failed", 0)) for w in self.workers.values())
+        done, failed = self.job_totals()
         ready = sum(1 for w in live if w.ready)
         text = f"{busy}/{len(live)} busy, {done} done, {failed} failed, broker {self.broker_state()}"
         if ready < len(live):
