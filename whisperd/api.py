@@ -32,7 +32,7 @@ from fastapi.responses import FileResponse, JSONResponse
 
 from whisperd import broker
 from whisperd.config import FORMATS, Config
-from whisperd.contract import DONE, FAILED, PROCESSING, TASK_ID_RE, Completion
+from whisperd.contract import DONE, FAILED, PROCESSING, TASK_ID_RE, Completion, job_body
 from whisperd.results import atomic_write
 
 log = logging.getLogger("whisperd.api")
@@ -121,9 +121,8 @@ class Publisher:
         self._channel: Any = None
 
     def _open(self) -> None:
-        params = broker.connection_parameters(self.cfg.broker, "whisperd api (publisher)")
-        params.heartbeat = 0  # idle between uploads; a dead connection shows at the next publish
-        self._conn = pika.BlockingConnection(params)
+        # No heartbeat: idle between uploads; a dead connection shows at the next publish.
+        self._conn = broker.connect(self.cfg.broker, "whisperd api (publisher)", heartbeat=0)
         self._channel = self._conn.channel()
         self._channel.confirm_delivery()
         broker.declare(self._channel, self.cfg.broker)
@@ -268,16 +267,9 @@ def create_app(cfg: Config) -> FastAPI:
         suffix = Path(file.filename or "").suffix.lower()
         relative = os.path.join(cfg.api.upload_subdir, task_id + (suffix if SUFFIX_RE.fullmatch(suffix) else ""))
         save_upload(file, os.path.join(cfg.storage.media_root, relative), max_bytes)
-        job: dict[str, Any] = {"task_id": task_id, "audio_path": relative}
-        if language:
-            job["language"] = language
-        if wanted:
-            job["formats"] = wanted
-        if word_timestamps:
-            job["word_timestamps"] = True
         store.create(task_id, file.filename, relative)
         try:
-            publisher.publish(json.dumps(job).encode(), task_id)
+            publisher.publish(job_body(task_id, relative, language, wanted, word_timestamps), task_id)
         except (pika.exceptions.AMQPError, OSError) as e:
             store.delete(task_id)
             os.unlink(os.path.join(cfg.storage.media_root, relative))

@@ -45,8 +45,7 @@ def consumer_timeout_ms(cfg: Config) -> int:
     default), which would requeue a long transcription forever. whisperd enforces its own job
     deadline (``limits.job_timeout_s``), so the broker's must only be a backstop above it.
     """
-    longest = cfg.limits.job_timeout_s or job_deadline_s(cfg, cfg.limits.max_duration_s)
-    return int((longest + CONSUMER_TIMEOUT_MARGIN_S) * 1000)
+    return int((job_deadline_s(cfg, cfg.limits.max_duration_s) + CONSUMER_TIMEOUT_MARGIN_S) * 1000)
 
 
 def supports_consumer_timeout(server_version: str) -> bool:
@@ -58,9 +57,11 @@ def supports_consumer_timeout(server_version: str) -> bool:
     return parts >= (3, 11, 15)
 
 
-def connection_parameters(cfg: BrokerConfig, name: str, url: str | None = None) -> pika.URLParameters:
+def connection_parameters(
+    cfg: BrokerConfig, name: str, url: str | None = None, heartbeat: int | None = None
+) -> pika.URLParameters:
     params = pika.URLParameters(url or cfg.url)
-    params.heartbeat = cfg.heartbeat
+    params.heartbeat = cfg.heartbeat if heartbeat is None else heartbeat
     params.connection_attempts = 1
     params.blocked_connection_timeout = max(cfg.heartbeat, 60) * 5
     params.client_properties = {"connection_name": name, "product": "whisperd"}
@@ -74,9 +75,9 @@ def cluster_urls(cfg: BrokerConfig) -> list[str]:
     return urls[start:] + urls[:start]
 
 
-def connect(cfg: BrokerConfig, name: str) -> pika.BlockingConnection:
+def connect(cfg: BrokerConfig, name: str, heartbeat: int | None = None) -> pika.BlockingConnection:
     """Connect to the first node that answers (pika tries the candidates in turn)."""
-    return pika.BlockingConnection([connection_parameters(cfg, name, url) for url in cluster_urls(cfg)])
+    return pika.BlockingConnection([connection_parameters(cfg, name, url, heartbeat) for url in cluster_urls(cfg)])
 
 
 class TopologyMismatch(RuntimeError):

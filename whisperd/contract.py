@@ -102,6 +102,24 @@ def peek_task_id(raw: bytes) -> str | None:
         return None
 
 
+def job_body(
+    task_id: str,
+    audio_path: str,
+    language: str | None = None,
+    formats: list[str] | None = None,
+    word_timestamps: bool = False,
+) -> bytes:
+    """A job as whisperd's own producers (``whisperd submit``, ``whisperd api``) publish it."""
+    job: dict[str, Any] = {"task_id": task_id, "audio_path": audio_path}
+    if language:
+        job["language"] = language
+    if formats:
+        job["formats"] = formats
+    if word_timestamps:
+        job["word_timestamps"] = True
+    return json.dumps(job).encode()
+
+
 def parse_job(raw: bytes, default_formats: tuple[str, ...] = DEFAULT_FORMATS) -> Job:
     """Decode and validate a job body; raise JobError with the most specific code.
 

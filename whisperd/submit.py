@@ -7,7 +7,6 @@ Each file is copied into media_root under a fresh task id, and a job is publishe
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import sys
@@ -20,7 +19,7 @@ from tqdm import tqdm
 
 from whisperd import broker
 from whisperd.config import Config
-from whisperd.contract import DONE, FAILED, PROCESSING, Completion
+from whisperd.contract import DONE, FAILED, PROCESSING, Completion, job_body
 
 SUBMIT_DIR = "submitted"
 
@@ -46,15 +45,6 @@ def stage(cfg: Config, source: Path, task_id: str) -> str:
     os.chmod(tmp, 0o640)
     os.replace(tmp, dest)
     return relative
-
-
-def job_body(task_id: str, audio_path: str, language: str | None, formats: list[str] | None) -> bytes:
-    job: dict[str, object] = {"task_id": task_id, "audio_path": audio_path}
-    if language:
-        job["language"] = language
-    if formats:
-        job["formats"] = formats
-    return json.dumps(job).encode()
 
 
 def submit(
