@@ -102,15 +102,21 @@ DAMAGE_WARNINGS = re.compile(r"corrupt|truncat|do not match|partial file|prematu
 LOG_LINE = re.compile(r"^(?:\[[^]]* @ 0x[0-9a-f]+\] )?\[(\w+)\] (.*)$")
 
 
-def damage(stderr: str, fd: int) -> str | None:
-    """The first sign of a damaged file in ffmpeg's ``level+warning`` log, or None."""
-    for line in stderr.splitlines():
+def log_messages(stderr: str, fd: int) -> list[tuple[str | None, str]]:
+    """(level, text) of each line of ffmpeg's ``level+`` log, the /dev/fd/N prefix removed."""
+    out = []
+    for line in stderr.strip().splitlines():
         m = LOG_LINE.match(line.strip())
-        if not m:
-            continue
-        level, text = m.groups()
+        level, text = m.groups() if m else (None, line.strip())
+        out.append((level, text.replace(f"/dev/fd/{fd}: ", "").strip()))
+    return out
+
+
+def damage(messages: list[tuple[str | None, str]]) -> str | None:
+    """The first sign of a damaged file among ffmpeg's log messages, or None."""
+    for level, text in messages:
         if level in ("error", "fatal", "panic") or (level == "warning" and DAMAGE_WARNINGS.search(text)):
-            return text.replace(f"/dev/fd/{fd}: ", "").strip()
+            return text
     return None
 
 
@@ -128,14 +134,11 @@ def decode(media: MediaFile, max_duration_s: float, task_id: str | None = None, 
         "-vn", "-f", "s16le", "-ac", "1", "-acodec", "pcm_s16le", "-ar", str(SAMPLE_RATE), "-",
     ]  # fmt: skip
     proc = subprocess.run(cmd, capture_output=True, pass_fds=(media.fd,), check=False)
-    stderr = proc.stderr.decode(errors="replace")
-    problem = damage(stderr, media.fd)
+    messages = log_messages(proc.stderr.decode(errors="replace"), media.fd)
+    problem = damage(messages)
     if proc.returncode != 0:
-        lines = [m.group(2) if (m := LOG_LINE.match(x.strip())) else x for x in stderr.strip().splitlines()]
-        detail = problem or (lines[-1].replace(f"/dev/fd/{media.fd}: ", "") if lines else "")
-        raise JobError(
-            ErrorCode.INVALID_AUDIO, f"cannot decode audio: {detail or f'ffmpeg exit code {proc.returncode}'}", task_id
-        )
+        detail = problem or (messages[-1][1] if messages else f"ffmpeg exit code {proc.returncode}")
+        raise JobError(ErrorCode.INVALID_AUDIO, f"cannot decode audio: {detail}", task_id)
     if problem:
         raise JobError(ErrorCode.INVALID_AUDIO, f"the audio file is damaged or truncated: {problem}", task_id)
     samples = np.frombuffer(proc.stdout, np.int16)

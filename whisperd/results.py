@@ -17,6 +17,8 @@ from contextlib import contextmanager
 from dataclasses import asdict
 from typing import IO, Any
 
+import psutil
+
 from whisperd.contract import Completion, Job
 
 MARKER_DIR = ".whisperd"
@@ -75,7 +77,7 @@ class ResultStore:
         for directory in (self.results_dir, self.marker_dir):
             for name in os.listdir(directory):
                 m = stale.match(name)
-                if m and not _alive(int(m.group(1))):
+                if m and not psutil.pid_exists(int(m.group(1))):
                     try:
                         os.unlink(os.path.join(directory, name))
                         removed += 1
@@ -146,13 +148,3 @@ class ResultStore:
         if not all(os.path.exists(p) for p in completion.results.values()):
             return None
         return completion
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
