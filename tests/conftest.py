@@ -126,6 +126,12 @@ class Daemon(DaemonProcess):
         )
 
 
+def submit(client: BrokerClient, daemon: Daemon, source: Path, task_id: str) -> None:
+    """Stage ``source`` in the daemon's media_root as ``<task_id><suffix>`` and publish its job."""
+    name = daemon.stage(source, f"{task_id}{source.suffix}")
+    client.publish({"task_id": task_id, "audio_path": name})
+
+
 @pytest.fixture
 def broker() -> Any:
     try:
@@ -198,4 +204,4 @@ def slow_audio(long_audio: Path, tmp_path_factory: pytest.TempPathFactory) -> Pa
     return repeat_audio(long_audio, 5, tmp_path_factory.mktemp("audio") / "slow.wav")
 
 
-__all__ = ["DATA_DIR", "BrokerClient", "Daemon", "wait_for", "write_toml"]
+__all__ = ["DATA_DIR", "BrokerClient", "Daemon", "submit", "wait_for", "write_toml"]

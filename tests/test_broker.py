@@ -11,15 +11,10 @@ import time
 
 import psutil
 from clips import JFK
-from conftest import wait_for
+from conftest import submit, wait_for
 
 from whisperd import broker as broker_mod
 from whisperd import config as config_mod
-
-
-def submit(broker, daemon, source, task_id):
-    name = daemon.stage(source, f"{task_id}{source.suffix}")
-    broker.publish({"task_id": task_id, "audio_path": name})
 
 
 def rabbitmqctl(*args: str, node: str | None = None) -> list[list[str]]:

@@ -9,12 +9,7 @@ import time
 
 import psutil
 from clips import FIXTURE_MODEL, JFK
-from conftest import wait_for
-
-
-def submit(broker, daemon, source, task_id):
-    name = daemon.stage(source, f"{task_id}{source.suffix}")
-    broker.publish({"task_id": task_id, "audio_path": name})
+from conftest import submit, wait_for
 
 
 def test_notify_protocol_titles_and_no_torch_in_the_supervisor(broker, daemon_factory):
