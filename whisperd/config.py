@@ -21,7 +21,15 @@ FORMATS = ("json", "txt", "srt", "vtt", "tsv")
 
 
 class ConfigError(ValueError):
-    """A configuration problem; str() is the one-line message shown to the operator."""
+    """A configuration problem; str() is the one-line message shown to the operator.
+
+    Messages quote the bad value, so passwords in URLs are hidden here, once for every caller.
+    """
+
+    def __init__(self, message: str) -> None:
+        from whisperd.logs import redact
+
+        super().__init__(redact(message))
 
 
 def _positive(v: Any) -> bool:
@@ -92,6 +100,11 @@ class BrokerConfig:
     heartbeat: int = key(60, _non_negative, "must be >= 0 seconds (0 disables heartbeats)")
     max_attempts: int = key(3, _positive, "must be >= 1")
     reconnect_max_s: float = key(30.0, _positive, "must be > 0 seconds")
+    reply_to_prefixes: list = key(
+        [],
+        lambda v: all(isinstance(x, str) and x for x in v),
+        "must be a list of non-empty queue-name prefixes (empty = any queue but whisperd's own)",
+    )
 
 
 @dataclass
@@ -119,7 +132,7 @@ class WorkersConfig:
     max_jobs: int = key(0, _non_negative, "must be >= 0 (0 = never recycle)")
     max_jobs_jitter: int = key(0, _non_negative, "must be >= 0")
     max_rss_mb: int = key(0, _non_negative, "must be >= 0 (0 = no limit)")
-    hard_rss_mb: int = key(0, _non_negative, "must be >= 0 (0 = no limit)")
+    hard_rss_mb: int = key(-1, lambda v: v >= -1, "must be >= 0 (0 = no limit), or -1 (derived from model and limits)")
 
 
 @dataclass
@@ -127,6 +140,7 @@ class LimitsConfig:
     max_file_mb: float = key(2048.0, _positive, "must be > 0")
     max_duration_s: float = key(4 * 3600.0, _positive, "must be > 0 seconds")
     job_timeout_s: float = key(0.0, _non_negative, "must be >= 0 seconds (0 = scaled to audio length)")
+    max_job_bytes: int = key(64 * 1024, lambda v: 1024 <= v <= 16 * 2**20, "must be between 1024 and 16 MiB")
 
 
 @dataclass
