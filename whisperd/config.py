@@ -242,7 +242,7 @@ def parse(raw: dict[str, Any], path: str | None = None) -> Config:
     built = {name: _build_section(name, f.default_factory, raw.get(name, {})) for name, f in sections.items()}
     config = Config(**built, path=path)
     w = config.workers
-    if w.hard_rss_mb and w.max_rss_mb and w.hard_rss_mb < w.max_rss_mb:
+    if w.hard_rss_mb > 0 and w.max_rss_mb and w.hard_rss_mb < w.max_rss_mb:
         raise ConfigError(f"workers.hard_rss_mb: must be >= workers.max_rss_mb (got {w.hard_rss_mb})")
     return config
 

@@ -239,8 +239,8 @@ class Completion:
     def from_json(cls, raw: bytes, max_bytes: int = MAX_COMPLETION_BYTES) -> Completion:
         """Parse a completion from the wire; raise JobError (invalid_job) on anything that is not one."""
         data = _loads(raw, max_bytes)
-        if not isinstance(data, dict) or not isinstance(data.get("status"), str):
-            raise JobError(ErrorCode.INVALID_JOB, "not a completion: a JSON object with a status is expected")
+        if not isinstance(data, dict) or not isinstance(data.get("status"), str) or "task_id" not in data:
+            raise JobError(ErrorCode.INVALID_JOB, "not a completion: a JSON object with task_id and status is expected")
         completion = cls.from_dict(data)
         for name, kinds in _COMPLETION_TYPES.items():
             if not isinstance(getattr(completion, name), kinds):
