@@ -401,6 +401,7 @@ def test_an_unexpected_error_is_settled_counted_and_ends_in_the_dead_letter_queu
     _good_job(client, daemon, "after-unwritable")
 
 
-def test_nothing_outside_media_root_was_read(env):
+def test_after_every_kind_the_daemon_still_serves_and_read_nothing_outside(env):
     client, daemon, outside, watch = env
+    _good_job(client, daemon, "after-all")
     assert watch.events() == []
