@@ -151,7 +151,7 @@ def test_a_job_past_its_time_limit_is_killed_retried_then_failed(broker, daemon_
     submit(broker, d, JFK.path, "quick")
     got = {c["task_id"]: c for c in broker.completions(2, 240)}
     assert (got["too-slow"]["status"], got["too-slow"]["error"]["code"]) == ("failed", "attempts_exhausted")
-    assert got["quick"]["status"] == "done"
+    assert got["quick"]["status"] == "done", json.dumps(got["quick"])
     assert d.log().count("task too-slow exceeded its time limit of 2 s; killing it") == 2
     wait_for(lambda: broker.depth(broker.dead_queue)[0] == 1, 20, "the slow job in the dead-letter queue")
 
