@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 import tomllib
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -174,6 +175,16 @@ class ApiConfig:
         "must be a relative path inside storage.media_root",
     )
     result_queue: str = key("", lambda v: v == "" or _queue_name(v), "must be a queue name, or empty")
+    token: str = key("")  # checked by the API itself, so that a bad value is never echoed
+    token_file: str = key("", _abs_or_empty, "must be an absolute path, or empty")
+    allowed_origins: list = key(
+        [],
+        lambda v: all(isinstance(x, str) and re.fullmatch(r"https?://[^/\s]+", x) for x in v),
+        "must be a list of origins such as https://intranet.example (scheme://host[:port], no path)",
+    )
+    upload_retention_s: float = key(0.0, _non_negative, "must be >= 0 seconds (0 = delete once the result is in)")
+    upload_idle_timeout_s: float = key(60.0, _positive, "must be > 0 seconds")
+    max_concurrent_uploads: int = key(4, _positive, "must be >= 1")
 
 
 @dataclass
