@@ -49,7 +49,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from whisperd import broker
 from whisperd.config import FORMATS, ApiConfig, Config, ConfigError
-from whisperd.contract import DONE, FAILED, PROCESSING, TASK_ID_RE, Completion, job_body
+from whisperd.contract import DONE, FAILED, PROCESSING, TASK_ID_RE, Completion, JobError, job_body
 from whisperd.results import atomic_write, fsync_dir
 
 log = logging.getLogger("whisperd.api")
@@ -235,48 +235,32 @@ def _scalar(value: Any) -> bool:
 def parse_completion(body: bytes) -> Completion:
     """A completion from a result-queue message; ValueError (with the reason) for anything else.
 
-    Stricter than ``Completion.from_json``: the API stores what it reads and shows it to users,
-    so every field is checked; fields it does not know are ignored.
+    ``Completion.from_json`` bounds the cost and checks the types; the API stores what it reads
+    and shows it to users, so it also checks every value; fields it does not know are ignored.
     """
-    if len(body) > MAX_COMPLETION_BYTES:
-        raise ValueError(f"{len(body)} bytes, over the {MAX_COMPLETION_BYTES} a completion may have")
     try:
-        data = json.loads(body)
-    except RecursionError:
-        raise ValueError("JSON nested too deeply") from None
-    if not isinstance(data, dict):
-        raise ValueError(f"a completion is a JSON object, not {type(data).__name__}")
-    task_id = data.get("task_id")
-    if not isinstance(task_id, str) or not TASK_ID_RE.fullmatch(task_id):
+        c = Completion.from_json(body, MAX_COMPLETION_BYTES)
+    except JobError as e:
+        raise ValueError(e.message) from None
+    if not isinstance(c.task_id, str) or not TASK_ID_RE.fullmatch(c.task_id):
         raise ValueError("task_id is missing or not 1-128 characters of A-Z a-z 0-9 . _ -")
-    status = data.get("status")
-    if status not in (PROCESSING, DONE, FAILED):
+    if c.status not in (PROCESSING, DONE, FAILED):
         raise ValueError(f"status must be {PROCESSING}, {DONE} or {FAILED}")
-    results = data.get("results") or {}
-    if not isinstance(results, dict) or not all(f in FORMATS and isinstance(p, str) for f, p in results.items()):
+    if not all(f in FORMATS for f in c.results):
         raise ValueError(f"results must map formats ({', '.join(FORMATS)}) to paths")
-    error = data.get("error")
-    if error is not None and not (isinstance(error, dict) and all(_scalar(v) for v in error.values())):
+    if c.error is not None and not all(_scalar(v) for v in c.error.values()):
         raise ValueError("error must be an object of plain values")
     for field in ("text", "language", "worker"):
-        _text(data.get(field), field)
-    for path in results.values():
+        _text(getattr(c, field), field)
+    for path in c.results.values():
         _text(path, "results")
-    for k, v in (error or {}).items():
+    for k, v in (c.error or {}).items():
         _text(k, "error")
         if isinstance(v, str):
             _text(v, f"error.{k}")
-    return Completion(
-        task_id=task_id,
-        status=status,
-        text=data.get("text"),
-        language=data.get("language"),
-        duration_s=_seconds(data.get("duration_s"), "duration_s"),
-        processing_s=_seconds(data.get("processing_s"), "processing_s"),
-        results=results,
-        error=error,
-        worker=data.get("worker"),
-    )
+    c.duration_s = _seconds(c.duration_s, "duration_s")
+    c.processing_s = _seconds(c.processing_s, "processing_s")
+    return c
 
 
 class Uploads:
