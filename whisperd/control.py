@@ -20,7 +20,6 @@ import os
 import socket
 import stat
 import time
-from pathlib import Path
 from typing import Any
 
 from whisperd.config import Config
@@ -182,8 +181,13 @@ def query(paths: list[str], timeout: float = 5.0) -> dict[str, Any]:
     """The client's end: the first daemon that answers on one of ``paths``, or NotRunning."""
     problems = []
     for path in paths:
-        if not Path(path).exists():
+        try:
+            os.stat(path)
+        except FileNotFoundError:
             problems.append(f"{path}: no such socket")
+            continue
+        except PermissionError:
+            problems.append(f"{path}: permission denied (run as root or as a member of the daemon's group)")
             continue
         if os.path.dirname(path) == fallback_runtime_dir():
             try:
