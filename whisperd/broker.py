@@ -161,41 +161,31 @@ _warned_classic: set[str] = set()
 def declare_result_queue(channel: Any, queue: str) -> None:
     """Declare a queue of completions as a quorum queue.
 
-    One that already exists as a classic queue (made by an older whisperd, or by a consumer)
-    is used as it is, with a warning once per process: it works while its node is up, but it
-    dies with that node, and then ``QueueUnavailable`` says so, with the way out, at every try.
-    The probes run on channels of their own: a refused declare closes the channel it ran on.
+    One that already exists as a classic queue (made by an older whisperd, or by a consumer) is
+    used as it is, with a warning once per process: it works while its node is up, but it is
+    lost with that node, and then ``QueueUnavailable`` says so, with the way out, at every try.
+    The declare runs on a channel of its own: a refused declare closes the channel it ran on.
     """
-    probe = channel.connection.channel()
-    try:
-        probe.queue_declare(queue, durable=True, arguments=QUORUM)
-    except pika.exceptions.ChannelClosedByBroker as e:
-        if e.reply_code != 406:
-            raise
-        mismatch = e.reply_text
-    else:
-        probe.close()
-        return
     migrate = (
         f"to make it survive a node loss, migrate it to a quorum queue: stop whisperd on every host (jobs keep "
         f"queueing), let its consumer empty it, rabbitmqctl delete_queue {queue}, and start whisperd, which declares "
         "it as a quorum queue (consumers that declare it must pass x-queue-type=quorum); or set broker.result_queue "
         "to a new name"
     )
-    check = channel.connection.channel()
+    probe = channel.connection.channel()
     try:
-        check.queue_declare(queue, passive=True)
+        probe.queue_declare(queue, durable=True, arguments=QUORUM)
     except pika.exceptions.ChannelClosedByBroker as e:
-        raise QueueUnavailable(
-            f"result queue {queue!r} is not a quorum queue ({mismatch}) and cannot be used now ({e.reply_text}); "
-            f"{migrate}"
-        ) from None
-    check.close()
-    if queue not in _warned_classic:
-        _warned_classic.add(queue)
-        log.warning(
-            "result queue %r is not a quorum queue (%s): it is lost with its node; %s", queue, mismatch, migrate
-        )
+        if e.reply_code == 404:  # a classic queue whose node is down (a quorum queue has no single home)
+            raise QueueUnavailable(f"result queue {queue!r} cannot be used now ({e.reply_text}); {migrate}") from None
+        if e.reply_code != 406:
+            raise
+        if queue not in _warned_classic:
+            _warned_classic.add(queue)
+            log.warning("result queue %r is not a quorum queue (%s): it is lost with its node; %s",
+                        queue, e.reply_text, migrate)  # fmt: skip
+        return
+    probe.close()
 
 
 def properties(correlation_id: str | None = None, reply_to: str | None = None, **kw: Any) -> pika.BasicProperties:
