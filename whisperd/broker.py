@@ -228,7 +228,6 @@ class ConfirmedPublisher:
         self.on_open = on_open
         self.connection: pika.BlockingConnection | None = None
         self.channel: Any = None
-        self.retries = 0  # publishes sent again after a failure, over this publisher's life
 
     def open(self) -> Any:
         """The channel, (re)connected and with the topology declared."""
@@ -237,7 +236,10 @@ class ConfirmedPublisher:
             self.connection = connect(self.cfg, self.name, self.heartbeat)
             self.channel = self.connection.channel()
             self.channel.confirm_delivery()
-            declare(self.channel, self.cfg)
+            try:
+                declare(self.channel, self.cfg)
+            except QueueUnavailable as e:  # completions cannot flow now; jobs still can, and wait for workers
+                log.warning("%s", e)
             if self.on_open is not None:
                 self.on_open(self.channel)
         return self.channel
@@ -256,7 +258,6 @@ class ConfirmedPublisher:
                 if time.monotonic() + delay > deadline:
                     raise
                 log.warning("publishing to %s failed (%s); trying again in %.1f s", queue, reason(e), delay)
-                self.retries += 1
             time.sleep(delay)
             delay = min(delay * 2, self.cfg.reconnect_max_s)
 
