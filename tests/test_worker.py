@@ -113,7 +113,10 @@ def test_bad_jobs_fail_clearly_and_the_worker_keeps_serving(broker, daemon):
 def test_no_ack_before_the_completion_is_confirmed(broker, daemon_factory):
     """While the result queue refuses publishes, the job stays unacked; kill -9, restart: done once."""
     policy = f"block-{broker.result_queue}"
-    broker.ch.queue_declare(broker.result_queue, durable=True)
+    # A quorum queue, as whisperd declares it. Quorum queues refuse publishes once they are over
+    # max-length, not at it: one message already in the queue makes max-length 0 refuse the next.
+    broker.ch.queue_declare(broker.result_queue, durable=True, arguments={"x-queue-type": "quorum"})
+    broker.publish({"filler": True}, queue=broker.result_queue)
     subprocess.run(
         ["rabbitmqctl", "-q", "set_policy", "--apply-to", "queues", policy, f"^{broker.result_queue}$",
          '{"max-length": 0, "overflow": "reject-publish"}'],
@@ -130,6 +133,7 @@ def test_no_ack_before_the_completion_is_confirmed(broker, daemon_factory):
         wait_for(lambda: broker.depth(broker.job_queue) == (1, 0), 30, "the job back in the queue")
     finally:
         subprocess.run(["rabbitmqctl", "-q", "clear_policy", policy], check=True)
+    assert broker.get(broker.result_queue, 1)[1] == {"filler": True}
     assert broker.get(broker.result_queue, 1) is None
     d2 = daemon_factory("d2", storage={"results_dir": str(d.results), "media_root": str(d.media)}).start()
     [c] = broker.completions(1, 60)

@@ -59,6 +59,7 @@ QUEUED = "queued"
 LABELS = {QUEUED: "En proceso", PROCESSING: "En curso", DONE: "Completado", FAILED: "Error"}
 FINAL = (DONE, FAILED)
 SUFFIX_RE = re.compile(r"\.[A-Za-z0-9]{1,8}")
+PUBLISH_RETRY_S = 30.0  # how long an upload's job is offered to the cluster's nodes before a 503
 
 # The form: one file part named "file" and at most these plain fields, each at most FIELD_BYTES.
 FIELDS = ("language", "formats", "word_timestamps")
@@ -171,43 +172,28 @@ class TaskStore:
 
 
 class Publisher:
-    """Publishes jobs with confirms over one connection shared by the request threads."""
+    """Publishes jobs with confirms over one connection shared by the request threads.
+
+    When the broker node it is connected to is lost, a publish goes to another node of
+    ``broker.urls`` (the request waits, up to PUBLISH_RETRY_S, instead of failing).
+    """
 
     def __init__(self, cfg: Config) -> None:
         self.cfg = cfg
         self._lock = threading.Lock()
-        self._conn: pika.BlockingConnection | None = None
-        self._channel: Any = None
-
-    def _open(self) -> None:
         # No heartbeat: idle between uploads; a dead connection shows at the next publish.
-        self._conn = broker.connect(self.cfg.broker, "whisperd api (publisher)", heartbeat=0)
-        self._channel = self._conn.channel()
-        self._channel.confirm_delivery()
-        broker.declare(self._channel, self.cfg.broker)
+        self._publisher = broker.ConfirmedPublisher(
+            cfg.broker, "whisperd api (publisher)", heartbeat=0, retry_for_s=PUBLISH_RETRY_S
+        )
 
     def publish(self, body: bytes, task_id: str) -> None:
-        """Return once the broker confirmed the job; one reconnect on a stale connection."""
+        """Return once a broker node confirmed the job."""
         props = broker.properties(correlation_id=task_id, message_id=task_id)
         with self._lock:
-            for attempt in (1, 2):
-                try:
-                    if self._conn is None or not self._conn.is_open:
-                        self._open()
-                    broker.publish(self._channel, self.cfg.broker.job_queue, body, props)
-                    return
-                except (pika.exceptions.AMQPError, OSError):
-                    self.close()
-                    if attempt == 2:
-                        raise
+            self._publisher.publish(self.cfg.broker.job_queue, body, props)
 
     def close(self) -> None:
-        conn, self._conn = self._conn, None
-        if conn is not None and conn.is_open:
-            try:
-                conn.close()
-            except Exception:  # already broken
-                pass
+        self._publisher.close()
 
 
 def _text(value: Any, name: str) -> str | None:
@@ -405,7 +391,7 @@ class CompletionListener:
             channel = conn.channel()
             channel.basic_qos(prefetch_count=PREFETCH)
             broker.declare(channel, self.cfg.broker)
-            channel.queue_declare(self.queue, durable=True)
+            broker.declare_result_queue(channel, self.queue)
             self.connected = True
             log.info("reading completions from %s", self.queue)
             for method, _props, body in channel.consume(self.queue, inactivity_timeout=0.5):

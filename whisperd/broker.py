@@ -1,14 +1,19 @@
-"""RabbitMQ topology and publishing, shared by workers and ``whisperd submit``.
+"""RabbitMQ topology and publishing, shared by workers, ``whisperd submit`` and the API.
 
-The job queue is a durable quorum queue with a delivery limit and a dead-letter queue, so a job
-that keeps killing its worker ends up parked instead of looping. Completions are persistent and
-published with confirms: a caller only acks a job after ``publish`` returned.
+Every queue whisperd relies on is a durable quorum queue, replicated with Raft over the nodes of
+a cluster, so losing a minority of the nodes loses neither jobs nor completions. The job queue
+has a delivery limit and a dead-letter queue, so a job that keeps killing its worker ends up
+parked instead of looping. Messages are persistent and published with confirms: a caller only
+acks a job (or tells its user a job is queued) after the broker confirmed the publish.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import random
+import time
+from collections.abc import Callable
 from typing import Any
 
 import pika
@@ -16,9 +21,13 @@ import pika.exceptions
 
 from whisperd.config import BrokerConfig, Config, job_deadline_s
 
+log = logging.getLogger("whisperd.broker")
+
 JSON = "application/json"
+QUORUM = {"x-queue-type": "quorum"}
 BACKSTOP_EXTRA_DELIVERIES = 20
 CONSUMER_TIMEOUT_MARGIN_S = 600
+AUTH_ERRORS = (pika.exceptions.ProbableAuthenticationError, pika.exceptions.ProbableAccessDeniedError)
 
 
 def dead_letter_queue(cfg: BrokerConfig) -> str:
@@ -28,7 +37,7 @@ def dead_letter_queue(cfg: BrokerConfig) -> str:
 def job_queue_arguments(cfg: BrokerConfig) -> dict[str, Any]:
     """Arguments of the job queue; producers that declare it must pass the same ones."""
     return {
-        "x-queue-type": "quorum",
+        **QUORUM,
         # Only a backstop: whisperd counts started attempts itself and dead-letters a job after
         # max_attempts with a failed completion. The broker also counts harmless returns (a
         # draining worker handing back a job it never started), so its limit is looser.
@@ -75,18 +84,63 @@ def cluster_urls(cfg: BrokerConfig) -> list[str]:
     return urls[start:] + urls[:start]
 
 
-def connect(cfg: BrokerConfig, name: str, heartbeat: int | None = None) -> pika.BlockingConnection:
-    """Connect to the first node that answers (pika tries the candidates in turn)."""
-    return pika.BlockingConnection([connection_parameters(cfg, name, url, heartbeat) for url in cluster_urls(cfg)])
+class BrokerUnreachable(pika.exceptions.AMQPConnectionError):
+    """No node in ``broker.url``/``broker.urls`` accepted a connection; says why for each."""
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else "no broker node answered"
+
+
+def reason(e: BaseException) -> str:
+    """The innermost cause of a pika error, short enough for a log line (pika nests them deeply)."""
+    for _ in range(6):
+        inner = getattr(e, "exception", None) or next((a for a in e.args if isinstance(a, BaseException)), None)
+        if inner is None:
+            break
+        e = inner
+    if isinstance(e, OSError) and e.strerror:
+        return e.strerror.lower()
+    text, kind = str(e), type(e).__name__
+    return f"{kind}: {text}" if text and not text.startswith(kind) else text or kind
+
+
+def connect(
+    cfg: BrokerConfig, name: str, heartbeat: int | None = None, between: Callable[[], None] | None = None
+) -> pika.BlockingConnection:
+    """Connect to the first node that answers, trying each in turn.
+
+    Raises ``BrokerUnreachable`` naming each node (host:port, never the credentials) and why it
+    failed. ``between`` runs after each failed node, so a caller can report progress: a node
+    that silently drops packets costs up to pika's socket timeout (10 s) per try.
+    """
+    failures = []
+    for url in cluster_urls(cfg):
+        params = connection_parameters(cfg, name, url, heartbeat)
+        try:
+            return pika.BlockingConnection(params)
+        except AUTH_ERRORS:
+            raise
+        except (pika.exceptions.AMQPError, OSError) as e:
+            failures.append(f"{params.host}:{params.port}: {reason(e)}")
+        if between is not None:
+            between()
+    raise BrokerUnreachable("; ".join(failures))
 
 
 class TopologyMismatch(RuntimeError):
     """The job queue exists with other arguments (e.g. as a classic queue)."""
 
 
+class QueueUnavailable(pika.exceptions.AMQPError):
+    """A queue whisperd needs exists but cannot be used now (a classic queue whose node is down)."""
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else "queue unavailable"
+
+
 def declare(channel: Any, cfg: BrokerConfig) -> None:
-    """Declare the dead-letter, job and result queues (idempotent)."""
-    channel.queue_declare(dead_letter_queue(cfg), durable=True, arguments={"x-queue-type": "quorum"})
+    """Declare the dead-letter, job and result queues, all quorum queues (idempotent)."""
+    channel.queue_declare(dead_letter_queue(cfg), durable=True, arguments=QUORUM)
     try:
         channel.queue_declare(cfg.job_queue, durable=True, arguments=job_queue_arguments(cfg))
     except pika.exceptions.ChannelClosedByBroker as e:
@@ -98,7 +152,40 @@ def declare(channel: Any, cfg: BrokerConfig) -> None:
             f"delete it (rabbitmqctl delete_queue {cfg.job_queue}) and restart whisperd, or set broker.job_queue "
             "to a new name"
         ) from None
-    channel.queue_declare(cfg.result_queue, durable=True)
+    declare_result_queue(channel, cfg.result_queue)
+
+
+_warned_classic: set[str] = set()
+
+
+def declare_result_queue(channel: Any, queue: str) -> None:
+    """Declare a queue of completions as a quorum queue.
+
+    One that already exists as a classic queue (made by an older whisperd, or by a consumer) is
+    used as it is, with a warning once per process: it works while its node is up, but it is
+    lost with that node, and then ``QueueUnavailable`` says so, with the way out, at every try.
+    The declare runs on a channel of its own: a refused declare closes the channel it ran on.
+    """
+    migrate = (
+        f"to make it survive a node loss, migrate it to a quorum queue: stop whisperd on every host (jobs keep "
+        f"queueing), let its consumer empty it, rabbitmqctl delete_queue {queue}, and start whisperd, which declares "
+        "it as a quorum queue (consumers that declare it must pass x-queue-type=quorum); or set broker.result_queue "
+        "to a new name"
+    )
+    probe = channel.connection.channel()
+    try:
+        probe.queue_declare(queue, durable=True, arguments=QUORUM)
+    except pika.exceptions.ChannelClosedByBroker as e:
+        if e.reply_code == 404:  # a classic queue whose node is down (a quorum queue has no single home)
+            raise QueueUnavailable(f"result queue {queue!r} cannot be used now ({e.reply_text}); {migrate}") from None
+        if e.reply_code != 406:
+            raise
+        if queue not in _warned_classic:
+            _warned_classic.add(queue)
+            log.warning("result queue %r is not a quorum queue (%s): it is lost with its node; %s",
+                        queue, e.reply_text, migrate)  # fmt: skip
+        return
+    probe.close()
 
 
 def refuse_reply_to(cfg: BrokerConfig, reply_to: str) -> str | None:
@@ -127,3 +214,70 @@ def properties(correlation_id: str | None = None, reply_to: str | None = None, *
 def publish(channel: Any, queue: str, body: bytes, props: pika.BasicProperties, mandatory: bool = True) -> None:
     """Publish to a queue via the default exchange; with confirms on, returns once the broker has it."""
     channel.basic_publish(exchange="", routing_key=queue, body=body, properties=props, mandatory=mandatory)
+
+
+class ConfirmedPublisher:
+    """Publishes with confirms over one connection; when its node is lost, publishes again on another.
+
+    ``publish`` returns only once some node confirmed the message, trying again (reconnecting
+    through every node in ``broker.urls``, 0.5 s doubling to ``broker.reconnect_max_s`` apart)
+    until ``retry_for_s`` has passed. At least once: a node that dies after storing a message
+    but before confirming it gets it a second time (same ``message_id``); whisperd answers the
+    second copy of a job from its stored result. ``on_open`` runs on each new channel.
+    """
+
+    def __init__(
+        self,
+        cfg: BrokerConfig,
+        name: str,
+        heartbeat: int | None = None,
+        retry_for_s: float = 60.0,
+        on_open: Callable[[Any], None] | None = None,
+    ) -> None:
+        self.cfg = cfg
+        self.name = name
+        self.heartbeat = heartbeat
+        self.retry_for_s = retry_for_s
+        self.on_open = on_open
+        self.connection: pika.BlockingConnection | None = None
+        self.channel: Any = None
+
+    def open(self) -> Any:
+        """The channel, (re)connected and with the topology declared."""
+        if self.connection is None or not self.connection.is_open or self.channel is None or not self.channel.is_open:
+            self.close()
+            self.connection = connect(self.cfg, self.name, self.heartbeat)
+            self.channel = self.connection.channel()
+            self.channel.confirm_delivery()
+            try:
+                declare(self.channel, self.cfg)
+            except QueueUnavailable as e:  # completions cannot flow now; jobs still can, and wait for workers
+                log.warning("%s", e)
+            if self.on_open is not None:
+                self.on_open(self.channel)
+        return self.channel
+
+    def publish(self, queue: str, body: bytes, props: pika.BasicProperties) -> None:
+        deadline = time.monotonic() + self.retry_for_s
+        delay = 0.5
+        while True:
+            try:
+                publish(self.open(), queue, body, props)
+                return
+            except AUTH_ERRORS:
+                raise
+            except (pika.exceptions.AMQPError, OSError) as e:
+                self.close()
+                if time.monotonic() + delay > deadline:
+                    raise
+                log.warning("publishing to %s failed (%s); trying again in %.1f s", queue, reason(e), delay)
+            time.sleep(delay)
+            delay = min(delay * 2, self.cfg.reconnect_max_s)
+
+    def close(self) -> None:
+        conn, self.connection, self.channel = self.connection, None, None
+        if conn is not None and conn.is_open:
+            try:
+                conn.close()
+            except Exception:  # already broken: nothing more to release
+                pass

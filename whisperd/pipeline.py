@@ -103,6 +103,13 @@ class Pipeline:
         except Exception as e:  # a model error on this input: report it, keep serving
             log.exception("%s: task %s: transcription failed", self.label, job.task_id)
             raise JobError(ErrorCode.TRANSCRIPTION_FAILED, f"transcription failed: {e}", job.task_id) from e
+        stored = self.store.lookup(job, lambda: audio_size)
+        if stored is not None:
+            # Another worker finished this job while this one ran it (the broker requeued it, e.g.
+            # while this host was cut off): the result stored first stands, so every answer is the same.
+            log.info("%s: task %s: transcribed again, but another worker stored it first; keeping that result",
+                     self.label, job.task_id)  # fmt: skip
+            return stored
         paths = self.store.write(job.task_id, result, job.formats)
         completion = Completion(
             task_id=job.task_id,

@@ -14,7 +14,9 @@ import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
+import pika.exceptions
 from tqdm import tqdm
 
 from whisperd import broker
@@ -22,6 +24,7 @@ from whisperd.config import FORMATS, Config
 from whisperd.contract import DONE, FAILED, PROCESSING, Completion, JobError, job_body
 
 SUBMIT_DIR = "submitted"
+PUBLISH_RETRY_S = 120.0  # how long a job is offered to the cluster's nodes before submit gives up
 
 
 @dataclass
@@ -61,29 +64,45 @@ def submit(
 
     ``progress``: True/False forces the bars on/off; None shows them when stderr is a terminal.
     """
-    connection = broker.connect(cfg.broker, "whisperd submit")
+    # A reply queue named here, not by the broker, so that after a fail-over to another node
+    # it is declared again under the name the jobs already published carry in reply_to.
+    reply_to = f"whisperd.submit.{uuid.uuid4().hex}" if wait else None
+
+    def declare_reply_queue(channel: Any) -> None:
+        if reply_to is not None:
+            channel.queue_declare(reply_to, exclusive=True, auto_delete=True)
+
+    publisher = broker.ConfirmedPublisher(cfg.broker, "whisperd submit", retry_for_s=PUBLISH_RETRY_S,
+                                          on_open=declare_reply_queue)  # fmt: skip
     try:
-        channel = connection.channel()
-        channel.confirm_delivery()
-        broker.declare(channel, cfg.broker)
-        reply_to = channel.queue_declare("", exclusive=True, auto_delete=True).method.queue if wait else None
+        try:
+            publisher.open()
+        except (pika.exceptions.AMQPError, OSError) as e:
+            print(f"whisperd: cannot reach the broker: {broker.reason(e)}", file=sys.stderr)
+            return 3
         submitted = []
         quiet = wait and Progress.enabled(progress)
         for source in files:
             task_id = new_task_id()
             audio_path = stage(cfg, source, task_id)
             props = broker.properties(correlation_id=task_id, reply_to=reply_to, message_id=task_id)
-            broker.publish(channel, cfg.broker.job_queue, job_body(task_id, audio_path, language, formats), props)
+            try:
+                publisher.publish(cfg.broker.job_queue, job_body(task_id, audio_path, language, formats), props)
+            except (pika.exceptions.AMQPError, OSError) as e:
+                os.unlink(os.path.join(cfg.storage.media_root, audio_path))
+                why = f"no broker node confirmed it within {PUBLISH_RETRY_S:.0f} s ({broker.reason(e)})"
+                print(f"whisperd: cannot queue {source}: {why}; {len(submitted)} files were queued before it",
+                      file=sys.stderr)  # fmt: skip
+                return 3
             submitted.append(Submitted(task_id, source, audio_path))
             if not quiet:
                 print(f"{task_id}\t{source}\tEn proceso", file=sys.stderr if wait else sys.stdout, flush=True)
         if not wait:
             return 0
         results = Results(cfg.storage.results_dir, output)
-        return _wait(channel, reply_to, submitted, results, timeout, Progress(submitted, progress))
+        return _wait(publisher.channel, reply_to, submitted, results, timeout, Progress(submitted, progress))
     finally:
-        if connection.is_open:
-            connection.close()
+        publisher.close()
 
 
 class Progress:

@@ -588,7 +588,11 @@ class Supervisor:
         busy = sum(1 for w in live if w.report.get("state") == "busy")
         done, failed = self.job_totals()
         ready = sum(1 for w in live if w.ready)
-        text = f"{busy}/{len(live)} busy, {done} done, {failed} failed, broker {self.broker_state()}"
+        broker = self.broker_state()
+        text = f"{busy}/{len(live)} busy, {done} done, {failed} failed, broker {broker}"
+        lost = sum(1 for w in live if w.ready and w.report.get("broker") == "unreachable")
+        if broker == "ok" and lost:  # some workers lost their node (e.g. in a cluster) and are reconnecting
+            text += f" ({lost} reconnecting)"
         if ready < len(live):
             text += f", {len(live) - ready} starting"
         return text

@@ -116,6 +116,9 @@ class DaemonProcess:
         self.notify = NotifyListener(root / "notify.sock")
         self.proc: subprocess.Popen | None = None
         self.started_at = 0.0
+        # A command that execs the daemon in another context, e.g. ["ip", "netns", "exec", NAME]
+        # to run it as a host of its own network; it must exec (keep the pid), not fork.
+        self.launcher: list[str] = []
         self.config: dict[str, dict[str, Any]] = {
             "storage": {"media_root": str(self.media), "results_dir": str(self.results)},
             # one control socket per daemon, so several can run side by side
@@ -135,7 +138,7 @@ class DaemonProcess:
         self._log = open(self.log_path, "ab")
         self.started_at = time.monotonic()
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "whisperd", "run", "--config", str(self.config_path)],
+            [*self.launcher, sys.executable, "-m", "whisperd", "run", "--config", str(self.config_path)],
             env=full_env, stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True, cwd=self.cwd,
         )  # fmt: skip
         return self.wait_ready(1, timeout) - self.started_at if wait_ready else 0.0

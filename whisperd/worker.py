@@ -37,7 +37,6 @@ log = logging.getLogger("whisperd.worker")
 WORKER_BOOT_ERROR = 3
 DEPTH_EVERY_S = 5.0  # how often a worker reports queue depths (for `whisperd status` and metrics)
 REQUEUE_DELAY_S = 1.0
-AUTH_ERRORS = (pika.exceptions.ProbableAuthenticationError, pika.exceptions.ProbableAccessDeniedError)
 
 
 @dataclass
@@ -155,14 +154,16 @@ class Worker:
         backoff = Backoff(1.0, self.cfg.broker.reconnect_max_s)
         self.ever_connected = False
         self.outage_since: float | None = None
+        self.retries = 0
 
         def connected() -> None:
             backoff.reset()
             self.ever_connected = True
             if self.outage_since is not None:
                 log.info(
-                    "%s: broker connection restored after %.0f s", self.label, time.monotonic() - self.outage_since
-                )
+                    "%s: broker connection restored after %.0f s, at try %d",
+                    self.label, time.monotonic() - self.outage_since, self.retries + 1,
+                )  # fmt: skip
                 self.outage_since = None
 
         while not self.stopping:
@@ -172,19 +173,17 @@ class Worker:
                 log.error("%s: %s", self.label, e)
                 self.report.send(state="boot_failed", error=str(e))
                 return WORKER_BOOT_ERROR
-            except AUTH_ERRORS as e:
+            except broker.AUTH_ERRORS as e:
                 reason = f"broker refused the credentials in broker.url ({type(e).__name__})"
                 if not self.ever_connected:
                     log.error("%s: %s", self.label, reason)
                     self.report.send(state="boot_failed", error=reason)
                     return WORKER_BOOT_ERROR
-                self._outage(reason)
+                self._outage(reason, backoff.next())
             except (pika.exceptions.AMQPError, OSError) as e:
-                self._outage(describe(e))
+                self._outage(broker.reason(e), backoff.next())
             finally:
                 self._drop_connection()
-            if not self.stopping:
-                self._sleep(backoff.next())
         self._wait_idle()
         log.info("%s: stopped after %d jobs", self.label, self.done + self.failed)
         return 0
@@ -198,16 +197,28 @@ class Worker:
             except Exception:  # already broken: nothing more to release
                 pass
 
-    def _outage(self, reason: str) -> None:
+    def _outage(self, reason: str, delay: float) -> None:
+        """Say why the broker cannot be used: once as a warning when an outage starts, then at every
+        retry, so an operator sees what is still wrong (which node refuses, which queue is down)."""
         self.report.send(broker="unreachable", state="connecting")
         self._title("connecting")
         if self.outage_since is None:
             log.warning("%s: broker unreachable: %s; reconnecting with backoff", self.label, reason)
             self.outage_since = time.monotonic()
+            self.retries = 0
+        else:
+            self.retries += 1
+            log.warning(
+                "%s: still cannot get back to the broker after %.0f s (retry %d): %s; next try in %.0f s",
+                self.label, time.monotonic() - self.outage_since, self.retries, reason, delay,
+            )  # fmt: skip
+        self._sleep(delay)
 
     def _serve(self, on_connected: Any) -> None:
         """Consume until asked to stop; raises on connection loss."""
-        self.connection = broker.connect(self.cfg.broker, f"whisperd {self.label} on {socket.gethostname()}")
+        self.connection = broker.connect(
+            self.cfg.broker, f"whisperd {self.label} on {socket.gethostname()}", between=self.report.send
+        )
         self.channel = self.connection.channel()
         self.reply_channel = None
         self.channel.confirm_delivery()
@@ -221,7 +232,7 @@ class Worker:
             self._check_consumer_timeout(timeout_ms)
         on_connected()
         self.report.send(broker="ok", state="idle" if self.inflight == 0 else "busy")
-        self._title("idle")
+        self._title("idle" if self.inflight == 0 else f"busy {self.report.fields.get('task') or '?'}")
         last_report = last_depth = 0.0
         while True:
             self.connection.process_data_events(time_limit=1)
@@ -317,7 +328,7 @@ class Worker:
             except Exception as e:  # ENOSPC, EACCES, MemoryError, a bug: never leave the delivery unsettled
                 log.exception("%s: unexpected error handling a job; returning it to the queue", self.label)
                 time.sleep(REQUEUE_DELAY_S)  # a failure that repeats must not spin through the queue
-                self._call_in_io_thread(functools.partial(self._requeue, delivery, describe(e)))
+                self._call_in_io_thread(functools.partial(self._requeue, delivery, broker.reason(e)))
 
     def _handle(self, d: Delivery) -> None:
         task_id = peek_task_id(d.body, self.cfg.limits.max_job_bytes)
@@ -440,7 +451,7 @@ class Worker:
                 self.reply_channel = self.connection.channel()
             broker.publish(self.reply_channel, reply_to, body, props, mandatory=False)
         except (pika.exceptions.ChannelError, pika.exceptions.ChannelClosed) as e:
-            log.warning("%s: could not reply to %r: %s", self.label, reply_to, describe(e))
+            log.warning("%s: could not reply to %r: %s", self.label, reply_to, broker.reason(e))
             self.reply_channel = None
 
     def _settled(self) -> None:
@@ -453,8 +464,3 @@ class Worker:
             self._title("draining" if self.stopping else "idle")
         else:
             self.report.send(done=self.done, failed=self.failed)
-
-
-def describe(e: BaseException) -> str:
-    text = str(e) or repr(e)
-    return f"{type(e).__name__}: {text}" if text != type(e).__name__ else text
