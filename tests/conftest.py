@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -17,7 +18,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent / "fixtures"))
 
-from clips import DATA_DIR, FIXTURE_MODEL, JFK, repeat_audio  # noqa: E402
+from clips import CLIPS, DATA_DIR, FIXTURE_MODEL, JFK, repeat_audio  # noqa: E402
 from rabbit_node import RabbitNode  # noqa: E402
 
 from whisperd.testing import DaemonProcess, title_of, write_toml  # noqa: E402
@@ -130,6 +131,16 @@ def submit(client: BrokerClient, daemon: Daemon, source: Path, task_id: str) -> 
     """Stage ``source`` in the daemon's media_root as ``<task_id><suffix>`` and publish its job."""
     name = daemon.stage(source, f"{task_id}{source.suffix}")
     client.publish({"task_id": task_id, "audio_path": name})
+
+
+def queue_clips(client: BrokerClient, media_root: str | Path, prefix: str, count: int) -> dict[str, Any]:
+    """Copy the fixture clips into ``media_root`` and queue ``count`` jobs over them; task id -> clip."""
+    for clip in CLIPS:
+        shutil.copyfile(clip.path, Path(media_root) / clip.audio)
+    expected = {f"{prefix}-{i:04d}": CLIPS[i % len(CLIPS)] for i in range(count)}
+    for task_id, clip in expected.items():
+        client.publish({"task_id": task_id, "audio_path": clip.audio})
+    return expected
 
 
 @pytest.fixture

@@ -11,7 +11,6 @@ import collections
 import json
 import os
 import random
-import shutil
 import signal
 import threading
 import time
@@ -20,8 +19,7 @@ from pathlib import Path
 import pika
 import psutil
 import pytest
-from clips import CLIPS
-from conftest import wait_for
+from conftest import queue_clips, wait_for
 
 JOBS = int(os.environ.get("WHISPERD_CHAOS_JOBS", "500"))
 KILL_EVERY_S = (2.0, 5.0)
@@ -113,11 +111,7 @@ def test_chaos_jobs_over_two_daemons_with_kill_9_and_a_broker_restart(
     hosts = [daemon_factory(name, on=private_broker, **settings) for name in ("host-a", "host-b")]
     for d in hosts:
         d.start()
-    for clip in CLIPS:
-        shutil.copyfile(clip.path, Path(shared["media_root"]) / clip.audio)
-    expected = {f"chaos-{i:04d}": CLIPS[i % len(CLIPS)] for i in range(JOBS)}
-    for task_id, clip in expected.items():
-        private_broker.publish({"task_id": task_id, "audio_path": clip.audio})
+    expected = queue_clips(private_broker, shared["media_root"], "chaos", JOBS)
 
     results = Path(shared["results_dir"])
     progress = lambda: sum(1 for _ in results.glob("chaos-*.txt"))  # noqa: E731

@@ -30,7 +30,7 @@ import psutil
 import pytest
 import requests
 from clips import CLIPS, JFK
-from conftest import REPO, BrokerClient, Daemon, wait_for, write_toml
+from conftest import REPO, BrokerClient, Daemon, queue_clips, wait_for, write_toml
 from rabbit_cluster import RabbitCluster
 from rabbit_node import RabbitNode
 from test_chaos import drain_completions
@@ -214,11 +214,7 @@ def test_node_loss_kill_9_of_the_leader_then_a_follower_restart(cluster, queues,
         assert q[name]["type"] == "quorum", (name, q[name])
         assert len(cluster.members_of(name)) == 3, f"{name} must have a replica on each node: {q[name]}"
 
-    for clip in CLIPS:
-        shutil.copyfile(clip.path, Path(shared["media_root"]) / clip.audio)
-    expected = {f"nl-{i:04d}": CLIPS[i % len(CLIPS)] for i in range(JOBS)}
-    for task_id, clip in expected.items():
-        queues.publish({"task_id": task_id, "audio_path": clip.audio})
+    expected = queue_clips(queues, shared["media_root"], "nl", JOBS)
     results = Path(shared["results_dir"])
     progress = lambda: sum(1 for _ in results.glob("nl-*.txt"))  # noqa: E731
     watch = StatusWatch(hosts)
