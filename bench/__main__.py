@@ -18,7 +18,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from bench import latency, memory, overhead, scaling, template, throughput
+from bench import latency, memory, overhead, real, scaling, template, throughput
 from bench.context import Ctx, Sizes
 from bench.procmem import cpu_count, loadavg
 from bench.report import Section, markdown_table, notes, text_table
@@ -31,6 +31,7 @@ SECTIONS: dict[str, Callable[[Ctx], Section]] = {
     "memory": memory.run,
     "throughput": throughput.run,
     "template": template.run,
+    "real": real.run,
 }
 
 

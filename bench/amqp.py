@@ -41,9 +41,14 @@ class Queues:
 
 
 class Producer:
-    def __init__(self, queues: Queues) -> None:
+    def __init__(self, queues: Queues, heartbeat: int | None = None) -> None:
+        """``heartbeat=0`` for a producer that sits idle for minutes (pika's blocking connection
+        answers heartbeats only while it is called)."""
         self.queues = queues
-        self.conn = pika.BlockingConnection(pika.URLParameters(BROKER_URL))
+        params = pika.URLParameters(BROKER_URL)
+        if heartbeat is not None:
+            params.heartbeat = heartbeat
+        self.conn = pika.BlockingConnection(params)
         self.pub = self.conn.channel()
         self.pub.confirm_delivery()
         self.sub = self.conn.channel()

@@ -29,6 +29,19 @@ CLIPS: tuple[tuple[str, str], ...] = (
 )
 SHORTEST = "librispeech_2830-3980-0043.wav"  # 1.98 s
 
+# The real-weights section's clip sets, as the real-speech issue sets its goals (tests/data/README.md):
+# set name -> (language of its normaliser, files). 161 s of audio in all.
+LIBRISPEECH_SET = "LibriSpeech, 4 clips"
+REAL_SETS: dict[str, tuple[str, tuple[str, ...]]] = {
+    "Spanish read, 10 clips": (
+        "es",
+        (*(f"fleurs_es_{i:03d}.ogg" for i in range(8)), "mls_es_13697_11991_000000.opus", "picovoice_test_es.wav"),
+    ),
+    LIBRISPEECH_SET: ("en", tuple(c for c, _ in CLIPS if c.startswith("librispeech_"))),
+    "English spontaneous": ("en", ("mfa_acoustic_corpus.wav",)),
+    "JFK": ("en", ("jfk.flac",)),
+}
+
 
 def stage(media: Path, n: int, prefix: str = "clip") -> list[str]:
     """Copy the clips round-robin into ``media`` as ``n`` distinct files; returns their names."""

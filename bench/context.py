@@ -27,12 +27,14 @@ class Sizes:
     long_audio_s: float = 600.0
     throughput_jobs: int = 1000
     profile_s: float = 20.0
+    real_rounds: int = 3  # of the 16 real clips (161 s of audio) with the real base weights
+    real_scaling_passes: int = 2  # the 16 clips this many times, for 1 vs 2 workers
 
     @classmethod
     def quick(cls) -> Sizes:
         return cls(
             overhead_rounds=2, cli_files=2, scaling_jobs=4, latency_jobs=6,
-            long_audio_s=60.0, throughput_jobs=120, profile_s=5.0,
+            long_audio_s=60.0, throughput_jobs=120, profile_s=5.0, real_rounds=1, real_scaling_passes=1,
         )  # fmt: skip
 
 

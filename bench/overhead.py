@@ -23,7 +23,9 @@ from bench.report import Section
 WHISPER_CLI = Path(__file__).resolve().parent.parent / ".venv" / "bin" / "whisper"
 
 
-def daemon_round(prod: Producer, names: list[str], tag: str) -> tuple[list[float], list[dict]]:
+def daemon_round(
+    prod: Producer, names: list[str], tag: str, timeout: float | None = None
+) -> tuple[list[float], list[dict]]:
     """Publish one job per file, wait for all; returns (job cycle seconds, completions).
 
     One worker with prefetch 1 takes the jobs in order, so the time from completion i-1 to
@@ -31,7 +33,7 @@ def daemon_round(prod: Producer, names: list[str], tag: str) -> tuple[list[float
     """
     for i, name in enumerate(names):
         prod.publish({"task_id": f"{tag}-{i:04d}", "audio_path": name})
-    got = prod.collect(len(names), timeout=60 + 10 * len(names))
+    got = prod.collect(len(names), timeout=timeout or 60 + 10 * len(names))
     order = [int(r.body["task_id"].rsplit("-", 1)[1]) for r in got]
     if order != sorted(order):
         raise RuntimeError("completions came out of order; per-job cycles are not meaningful")

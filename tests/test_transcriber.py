@@ -36,5 +36,5 @@ def test_language_names_and_codes(transcriber):
 
 
 def test_unknown_model_name_fails_to_load(tmp_path):
-    with pytest.raises(RuntimeError, match="not found"):
+    with pytest.raises(RuntimeError, match="'no-such-model' is not a whisper model name"):
         Transcriber(ModelConfig(name="no-such-model", download_root=str(tmp_path)), threads=1)

@@ -1,4 +1,4 @@
-"""The ``whisperd`` command: run, check-config, status, submit, api."""
+"""The ``whisperd`` command: run, check-config, status, submit, api, model."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import os
 import sys
 from pathlib import Path
 
-from whisperd import __version__, logs
+from whisperd import __version__, logs, models
 from whisperd import config as config_mod
 from whisperd.config import FORMATS, ConfigError
 
@@ -28,6 +28,9 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     if not os.path.isdir(cfg.storage.media_root):
         print(f"whisperd: storage.media_root {cfg.storage.media_root} does not exist", file=sys.stderr)
+        return 2
+    if missing := models.missing_reason(cfg.model):
+        print(f"whisperd: {missing}", file=sys.stderr)
         return 2
     return Supervisor(cfg).run()
 
@@ -88,6 +91,45 @@ def cmd_api(args: argparse.Namespace) -> int:
     return serve(cfg, args.listen)
 
 
+def _model_settings(args: argparse.Namespace) -> config_mod.ModelConfig:
+    """The [model] section, with --root/--mirror applied; no config file is needed when none exists
+    (fetching on a machine with network, to carry the files to one without)."""
+    path = config_mod.resolve_path(args.config)
+    model = _load(args).model if args.config or path.exists() else config_mod.ModelConfig()
+    if args.root:
+        model.download_root = str(args.root.resolve())
+    if getattr(args, "mirror", None):
+        model.mirror = args.mirror
+    return model
+
+
+def cmd_model_fetch(args: argparse.Namespace) -> int:
+    model = _model_settings(args)
+    try:
+        path = models.fetch(args.name, Path(model.download_root), args.url, model.mirror)
+    except models.ModelError as e:
+        print(f"whisperd: {e}", file=sys.stderr)
+        return 1
+    print(f"{path}: installed ({path.stat().st_size / 1e6:.1f} MB, SHA-256 {models.sha256_of(path)} checked)")
+    return 0
+
+
+def cmd_model_list(args: argparse.Namespace) -> int:
+    model = _model_settings(args)
+    root = Path(model.download_root)
+    found = models.installed(root)
+    if found:
+        print(f"{'NAME':<16} {'SIZE':>10}  {'CHECKSUM':<10} FILE")
+        for m in found:
+            print(f"{m.name:<16} {m.size / 1e6:>7.1f} MB  {m.checksum:<10} {m.path}")
+    else:
+        print(f"no models in {root}")
+    missing = models.missing_reason(model)
+    if not models.model_path(model).is_file():
+        print(f"model.name = {model.name!r}: not installed" + (f" ({missing})" if missing else ", fetched on start"))
+    return 1 if any(m.checksum == "MISMATCH" for m in found) else 0
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="whisperd", description="Whisper transcription daemon for RabbitMQ jobs.")
     p.add_argument("--version", action="version", version=f"whisperd {__version__}")
@@ -127,6 +169,18 @@ def parser() -> argparse.ArgumentParser:
     api.add_argument("--config", help=config_help)
     api.add_argument("--listen", help="HOST:PORT (default: api.listen)")
     api.set_defaults(func=cmd_api)
+
+    model = sub.add_parser("model", help="fetch and list Whisper models in model.download_root")
+    model_sub = model.add_subparsers(dest="model_command", required=True)
+    fetch = model_sub.add_parser("fetch", help="download a model with whisper's SHA-256 check (atomic)")
+    fetch.add_argument("name", metavar="NAME", help="a whisper model name (base, small, large-v3, turbo...)")
+    fetch.add_argument("--url", help="download from this URL instead; its path must end in /<sha256>/<file>.pt")
+    fetch.add_argument("--mirror", help="base URL of a mirror laid out as OpenAI's (default: model.mirror)")
+    listing = model_sub.add_parser("list", help="installed models, their size and checksum state")
+    for sp, func in ((fetch, cmd_model_fetch), (listing, cmd_model_list)):
+        sp.add_argument("--config", help=config_help)
+        sp.add_argument("--root", type=Path, help="models directory (default: model.download_root)")
+        sp.set_defaults(func=func)
     return p
 
 

@@ -67,6 +67,10 @@ def listen_ok(v: str) -> bool:
     return bool(sep) and port.isdigit() and 0 < int(port) < 65536 and "/" not in host
 
 
+def _http_url_or_empty(v: str) -> bool:
+    return v == "" or (urlparse(v).scheme in ("http", "https") and bool(urlparse(v).netloc))
+
+
 def _abs_or_empty(v: str) -> bool:
     return v == "" or os.path.isabs(v)
 
@@ -114,6 +118,8 @@ class ModelConfig:
     download_root: str = key("/var/lib/whisperd/models")
     device: str = key("auto", _device, "must be auto, cpu, cuda or cuda:N")
     fp16: bool = key(True)
+    download: bool = key(True)
+    mirror: str = key("", _http_url_or_empty, "must be an http:// or https:// URL, or empty for OpenAI's")
 
 
 @dataclass

@@ -32,7 +32,7 @@ import psutil
 from setproctitle import setproctitle
 
 from whisperd import config as config_mod
-from whisperd import control, logs, metrics
+from whisperd import control, logs, metrics, models
 from whisperd.config import Config, ConfigError
 from whisperd.gpu import Gpus
 from whisperd.memory import hard_rss_limit_mb
@@ -253,6 +253,10 @@ class Supervisor:
             new = config_mod.load(self.cfg.path)
         except ConfigError as e:
             log.error("reload failed, keeping the running configuration: %s", e)
+            self.notifier.ready(self._status_text())
+            return
+        if missing := models.missing_reason(new.model):
+            log.error("reload failed, keeping the running configuration: %s", missing)
             self.notifier.ready(self._status_text())
             return
         logs.set_level(new.logging.level)

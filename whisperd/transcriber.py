@@ -11,6 +11,7 @@ from typing import Any
 
 import numpy as np
 
+from whisperd import models
 from whisperd.config import ModelConfig
 from whisperd.contract import ErrorCode, Job, JobError
 
@@ -36,7 +37,7 @@ class Transcriber:
         self._languages = LANGUAGES
         self._language_names = TO_LANGUAGE_CODE
         self.device = device or resolve_device(cfg.device, torch.cuda.is_available())
-        self.model = whisper.load_model(cfg.name, device=self.device, download_root=cfg.download_root)
+        self.model = models.load(cfg, self.device)
         self.fp16 = cfg.fp16 and self.device.startswith("cuda")
         self.name = cfg.name
 
@@ -45,7 +46,8 @@ class Transcriber:
         whisper = self._whisper
         mel = whisper.log_mel_spectrogram(np.zeros(whisper.audio.N_SAMPLES, np.float32), self.model.dims.n_mels)
         mel = mel.to(self.model.device)
-        options = whisper.DecodingOptions(fp16=self.fp16, sample_len=4, without_timestamps=True)
+        language = None if self.model.is_multilingual else "en"  # English-only models have no language id
+        options = whisper.DecodingOptions(fp16=self.fp16, sample_len=4, without_timestamps=True, language=language)
         whisper.decode(self.model, mel, options)
 
     def language_code(self, job: Job) -> str | None:
