@@ -12,11 +12,16 @@ import re
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from whisperd.config import FORMATS
+from whisperd.config import FORMATS, ConfigError, TranscribeConfig, checked_value
 
 TASK_ID_RE = re.compile(r"[A-Za-z0-9._-]{1,128}")
 TASKS = ("transcribe", "translate")
 DEFAULT_FORMATS = ("json", "txt")
+# Whisper's hallucination guards a job may set; absent or null = the [transcribe] default.
+GUARD_OPTIONS = (
+    "condition_on_previous_text", "no_speech_threshold", "compression_ratio_threshold",
+    "hallucination_silence_threshold",
+)  # fmt: skip
 
 DONE = "done"
 FAILED = "failed"
@@ -65,6 +70,10 @@ class Job:
     formats: tuple[str, ...] = DEFAULT_FORMATS
     word_timestamps: bool = False
     initial_prompt: str | None = None
+    condition_on_previous_text: bool | None = None
+    no_speech_threshold: float | None = None
+    compression_ratio_threshold: float | None = None
+    hallucination_silence_threshold: float | None = None
 
 
 # MassTransit's serializer names C# properties in camelCase (TaskId -> "taskId") unless the
@@ -74,6 +83,10 @@ _CAMEL_CASE = {
     "audioPath": "audio_path",
     "wordTimestamps": "word_timestamps",
     "initialPrompt": "initial_prompt",
+    "conditionOnPreviousText": "condition_on_previous_text",
+    "noSpeechThreshold": "no_speech_threshold",
+    "compressionRatioThreshold": "compression_ratio_threshold",
+    "hallucinationSilenceThreshold": "hallucination_silence_threshold",
 }
 
 
@@ -163,6 +176,13 @@ def parse_job(raw: bytes, default_formats: tuple[str, ...] = DEFAULT_FORMATS) ->
     prompt = body.get("initial_prompt")
     if prompt is not None and not isinstance(prompt, str):
         raise fail(ErrorCode.INVALID_OPTION, "initial_prompt must be a string")
+    guards = {}
+    for name in GUARD_OPTIONS:  # same type and range checks as the [transcribe] keys
+        if body.get(name) is not None:
+            try:
+                guards[name] = checked_value(TranscribeConfig, name, body[name])
+            except ConfigError as e:
+                raise fail(ErrorCode.INVALID_OPTION, str(e)) from None
     return Job(
         task_id=task_id,
         audio_path=audio_path,
@@ -171,6 +191,7 @@ def parse_job(raw: bytes, default_formats: tuple[str, ...] = DEFAULT_FORMATS) ->
         formats=tuple(dict.fromkeys(formats)),
         word_timestamps=word_timestamps,
         initial_prompt=prompt or None,
+        **guards,
     )
 
 
@@ -185,6 +206,7 @@ class Completion:
     results: dict[str, str] = field(default_factory=dict)
     error: dict[str, str] | None = None
     worker: str | None = None
+    speech_s: float | None = None
 
     @classmethod
     def failure(cls, err: JobError, worker: str, processing_s: float | None = None) -> Completion:
