@@ -27,12 +27,17 @@ class Sizes:
     long_audio_s: float = 600.0
     throughput_jobs: int = 1000
     profile_s: float = 20.0
+    vad_repeats: int = 3
+    vad_recording_s: float = 600.0
+    vad_ungated_non_speech: bool = True  # tone and music without the gate take minutes each
+    guards_all_clips: bool = True
 
     @classmethod
     def quick(cls) -> Sizes:
         return cls(
             overhead_rounds=2, cli_files=2, scaling_jobs=4, latency_jobs=6,
             long_audio_s=60.0, throughput_jobs=120, profile_s=5.0,
+            vad_repeats=1, vad_recording_s=120.0, vad_ungated_non_speech=False, guards_all_clips=False,
         )  # fmt: skip
 
 

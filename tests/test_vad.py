@@ -51,17 +51,27 @@ def test_restore_puts_segment_and_word_times_back_on_the_original_file():
     found = find(audio)
     first, second = found.chunks
     first_len = (first["end"] - first["start"]) / SR
-    # A segment inside the first chunk, one spanning both, one with words inside the second.
+    # A segment inside the first chunk, one spanning both, one with words inside the second, and
+    # two whose start or end lies in the padding next to the joint (so belongs to the other side).
     result = {
         "segments": [
             {"start": 1.0, "end": 3.0},
             {"start": first_len - 1.0, "end": first_len + 2.0},
             {"start": first_len + 0.5, "end": first_len + 2.0,
              "words": [{"word": " hola", "start": first_len + 0.5, "end": first_len + 1.0}]},
+            {"start": 5.0, "end": first_len + 0.2},
+            {"start": first_len - 0.2, "end": first_len + 3.0},
         ]
     }  # fmt: skip
     found.restore(result)
-    one, spanning, worded = result["segments"]
+    one, spanning, worded, ends_in_pad, starts_in_pad = result["segments"]
+    assert (ends_in_pad["start"], ends_in_pad["end"]) == (
+        round(first["start"] / SR + 5.0, 2),
+        round(first["end"] / SR, 2),
+    )
+    assert (starts_in_pad["start"], starts_in_pad["end"]) == (
+        round(second["start"] / SR, 2), round(second["start"] / SR + 3.0, 2),
+    )  # fmt: skip
     assert (one["start"], one["end"]) == (round(first["start"] / SR + 1.0, 2), round(first["start"] / SR + 3.0, 2))
     assert spanning["start"] == round(first["end"] / SR - 1.0, 2)
     assert spanning["end"] == round(second["start"] / SR + 2.0, 2)
