@@ -35,7 +35,7 @@ from bench.daemon import Daemon
 from bench.procmem import memory, reset_peak
 from bench.report import Section
 from whisperd import testaudio
-from whisperd.testing import word_error_rate
+from whisperd.testing import word_error_rate, word_errors
 
 SPANISH = (*(f"fleurs_es_{i:03d}.ogg" for i in range(8)), "mls_es_13697_11991_000000.opus", "picovoice_test_es.wav")
 ENGLISH = (
@@ -197,7 +197,8 @@ def run(ctx: Ctx) -> Section:
             raw[kind] = [gated]
             if sizes.vad_ungated_non_speech:
                 plain = off.run(name)
-                s.add(f"30 s {kind}, gate off: words / time", f"{words(plain)} / {fmt_s(plain['processing_s'])}")
+                s.add(f"30 s {kind}, gate off: words / time (CPU)",
+                      f"{words(plain)} / {fmt_s(plain['processing_s'])} ({plain['cpu_s']:.0f} CPU-s)")  # fmt: skip
                 raw[kind].append(plain)
 
         # Speech, then 60 s of silence: the same text as the speech alone, at most 1.3x its time.
@@ -264,6 +265,14 @@ WHISPER_DEFAULTS = {"condition_on_previous_text": True, "no_speech_threshold": 0
                     "hallucination_silence_threshold": 0}  # fmt: skip
 
 
+def word_errors_of(ref: str, hyp: str, language: str) -> int:
+    """Substitutions + deletions + insertions after whisper's normaliser for the language."""
+    from whisper.normalizers import BasicTextNormalizer, EnglishTextNormalizer
+
+    normalise = EnglishTextNormalizer() if language == "en" else BasicTextNormalizer()
+    return word_errors(normalise(ref).split(), normalise(hyp).split())
+
+
 def run_guards(ctx: Ctx) -> Section:
     s = Section("guards (base, cpu)")
     model = base_checkpoint()
@@ -277,47 +286,52 @@ def run_guards(ctx: Ctx) -> Section:
             for n in names:
                 arms.stage(n)
         arms.stage(BREATHS)
+        # (file, reference, language): silence and noise have no words at all.
         hallucination_set = {
-            "60 s silence": (arms.stage("silence.wav", testaudio.silence(60)), ""),
+            "60 s silence": (arms.stage("silence.wav", testaudio.silence(60)), "", "en"),
             "es clip + 60 s silence": (arms.stage("es-then-silence.wav", np.concatenate(
                 [testaudio.load(DATA / "picovoice_test_es.wav"), testaudio.silence(60)])),
-                reference("picovoice_test_es.wav")),
+                reference("picovoice_test_es.wav"), "es"),
             "en clip + 60 s silence": (arms.stage("en-then-silence.wav", np.concatenate(
                 [testaudio.load(DATA / "picovoice_test_en.wav"), testaudio.silence(60)])),
-                reference("picovoice_test_en.wav")),
-            "breaths and pauses": (BREATHS, reference(BREATHS)),
-            "30 s pink noise": (arms.stage("pink.wav", testaudio.pink_noise(30)), ""),
+                reference("picovoice_test_en.wav"), "en"),
+            "breaths and pauses": (BREATHS, reference(BREATHS), "en"),
+            "30 s pink noise": (arms.stage("pink.wav", testaudio.pink_noise(30)), "", "en"),
         }  # fmt: skip
-        for label, options in GUARD_SETTINGS.items():
-            opts = {**WHISPER_DEFAULTS, **options}
+        for label, opts in GUARD_SETTINGS.items():
+            options = {**WHISPER_DEFAULTS, **opts}
             row: dict[str, Any] = {}
             for language, names in clips.items():
-                done = [on.run(n, **opts) for n in names]
+                done = [on.run(n, **options) for n in names]
                 wer = word_error_rate([(reference(n), d["text"]) for n, d in zip(names, done, strict=True)], language)
-                row[f"clips {language}"] = (wer, sum(d["processing_s"] for d in done))
-            extra_words, seconds = 0, 0.0
-            for item, (name, ref) in hallucination_set.items():
-                done = off.run(name, **opts)
-                extra = max(0, words(done) - len(ref.split()))
-                row[item] = (done["text"], done["processing_s"])
-                extra_words += extra
-                seconds += done["processing_s"]
+                row[f"clips {language}"] = {"wer": wer, "cpu_s": sum(d["cpu_s"] for d in done), "done": done}
+            row["hallucination"] = {item: off.run(name, **options) for item, (name, _, _) in hallucination_set.items()}
+            errors = {item: word_errors_of(ref, row["hallucination"][item]["text"], language)
+                      for item, (_, ref, language) in hallucination_set.items()}  # fmt: skip
+            cpu = sum(d["cpu_s"] for d in row["hallucination"].values())
+            clips_cpu = row["clips es"]["cpu_s"] + row["clips en"]["cpu_s"]
             s.add(
                 label,
-                f"WER es {row['clips es'][0]:.1%}, en {row['clips en'][0]:.1%} "
-                f"({fmt_s(row['clips es'][1] + row['clips en'][1])}); gate off: {extra_words} extra words "
-                f"({fmt_s(seconds)})",
+                f"gate on, real clips: WER es {row['clips es']['wer']:.1%}, en {row['clips en']['wer']:.1%}, "
+                f"{clips_cpu:.0f} CPU-s | gate off, hallucination set: {sum(errors.values())} word errors "
+                f"({', '.join(str(e) for e in errors.values())}), {cpu:.0f} CPU-s",
             )
+            row["errors"] = errors
             raw[label] = row
-        # The breathy clip through the gate, with the chosen defaults.
-        gated = on.run(BREATHS)
-        s.add("breaths and pauses, gate on, defaults", f"{gated['text'].strip()!r} ({fmt_s(gated['processing_s'])})")
-        raw["breaths gate on"] = gated
+        # The hallucination set through the gate, with the [transcribe] defaults.
+        gated = {item: on.run(name) for item, (name, _, _) in hallucination_set.items()}
+        errors = {item: word_errors_of(ref, gated[item]["text"], language)
+                  for item, (_, ref, language) in hallucination_set.items()}  # fmt: skip
+        s.add(
+            "gate on, [transcribe] defaults",
+            f"hallucination set: {sum(errors.values())} word errors ({', '.join(str(e) for e in errors.values())}), "
+            f"{sum(d['cpu_s'] for d in gated.values()):.0f} CPU-s",
+        )
+        raw["gate on, defaults"] = {"done": gated, "errors": errors}
     s.note(
-        "each row: the real clips through the gate (WER with whisper's normalisers, total time), then the "
-        "hallucination set without the gate (60 s silence, es and en clips + 60 s silence, the breathy clip, 30 s "
-        "pink noise): words beyond each item's reference, total time. Guards as per-job options on top of "
-        "whisper's defaults"
+        "guard settings as per-job options on top of whisper's defaults; real clips through the gate (WER with "
+        "whisper's normalisers), then the hallucination set without the gate, where the guards are all there is "
+        f"(word errors per item: {', '.join(hallucination_set)}); CPU-s = the worker's CPU seconds"
     )
     ctx.results[s.name] = raw
     return s
