@@ -19,7 +19,7 @@ $(VENV)/.installed: setup.py
 	$(PY) -m pip install -q -e '.[test]'
 	touch $@
 
-demo: setup venv
+demo: setup venv real-weights
 	PY=$(PY) sh scripts/demo.sh
 
 test: setup venv real-weights

@@ -86,7 +86,7 @@ def leftovers(root: Path) -> list[str]:
     return sorted(p.name for p in root.iterdir() if p.name.startswith(".") or p.name.endswith(".tmp"))
 
 
-def test_catalogue_is_whispers_own_read_without_torch():
+def test_catalogue_is_whispers_own_read_without_torch(tmp_path):
     code = "import sys; from whisperd import models; models.catalogue(); assert 'torch' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], check=True, cwd=REPO)
     assert models.catalogue() == whisper._MODELS
@@ -95,6 +95,20 @@ def test_catalogue_is_whispers_own_read_without_torch():
     assert models.url_for("base", "http://mirror.lan/whisper/") == f"http://mirror.lan/whisper/{sha}/base.pt"
     with pytest.raises(models.ModelError, match="must end in /<sha256>/<file>.pt"):
         models.sha256_in_url("http://mirror.lan/base.pt")
+    with pytest.raises(models.ModelError, match="a model name, not a path"):
+        models.fetch("../evil", tmp_path, url=f"http://mirror.lan/{sha}/base.pt")
+
+
+def test_load_gives_the_model_its_own_alignment_heads(real_weights):
+    """A checkpoint loaded by path gets whisper's generic heads (all heads of the upper half of the
+    decoder); whisperd loads the ones the checkpoint carries, which are OpenAI's."""
+    path = str(real_weights.checkpoint("tiny.en"))
+    model = models.load(ModelConfig(name=path), "cpu")
+    generic = whisper.load_model(path, device="cpu")
+    openai = whisper.load_model(path, device="cpu")
+    openai.set_alignment_heads(whisper._ALIGNMENT_HEADS["tiny.en"])
+    assert model.alignment_heads.to_dense().equal(openai.alignment_heads.to_dense())
+    assert not generic.alignment_heads.to_dense().equal(openai.alignment_heads.to_dense())
 
 
 def test_fetch_checks_the_digest_and_installs_atomically(fetched, real_weights):

@@ -63,7 +63,8 @@ def model_path(cfg: ModelConfig) -> Path:
 
 def sha256_in_url(url: str) -> str:
     """The SHA-256 that whisper's download URLs carry as their last directory."""
-    digest = urlparse(url).path.split("/")[-2] if url.count("/") >= 3 else ""
+    parts = urlparse(url).path.split("/")
+    digest = parts[-2] if len(parts) >= 3 else ""
     if len(digest) != 64 or any(c not in "0123456789abcdef" for c in digest):
         raise ModelError(f"{url}: the URL must end in /<sha256>/<file>.pt, as whisper's download URLs do")
     return digest
@@ -138,6 +139,8 @@ def fetch(name: str, root: Path, url: str | None = None, mirror: str = "") -> Pa
     """
     import whisper
 
+    if is_path(name) or name.startswith(".") or not name.strip():
+        raise ModelError(f"{name!r}: a model name, not a path (the file goes into {root})")
     url = url or url_for(name, mirror)
     digest = sha256_in_url(url)
     target = root / (file_name(name) if name in catalogue() else f"{name}.pt")
