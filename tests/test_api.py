@@ -1,79 +1,22 @@
-"""``whisperd api`` as a real uvicorn process, driven over HTTP, with a real daemon behind it."""
+"""``whisperd api`` as a real uvicorn process, driven over HTTP, with a real daemon behind it.
+
+Hostile requests and result-queue messages are in test_api_hostile.py.
+"""
 
 from __future__ import annotations
 
 import os
 import signal
-import socket
-import subprocess
-import sys
-from pathlib import Path
+import time
 
 import pytest
 import requests
+from api_process import Api
 from clips import JFK, SPANISH
-from conftest import REPO, wait_for
+from conftest import wait_for
 
 from whisperd.api import TaskStore
 from whisperd.contract import Completion
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class Api:
-    """``python -m whisperd api`` with the daemon's config file."""
-
-    def __init__(self, config_path: Path, log_path: Path) -> None:
-        self.config_path = config_path
-        self.log_path = log_path
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.proc: subprocess.Popen | None = None
-
-    def start(self) -> Api:
-        self.log = open(self.log_path, "ab")
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "whisperd", "api", "--config", str(self.config_path),
-             "--listen", f"127.0.0.1:{self.port}"],
-            stdout=self.log, stderr=subprocess.STDOUT, cwd=REPO, start_new_session=True,
-        )  # fmt: skip
-
-        def healthy() -> bool:
-            assert self.proc.poll() is None, self.log_path.read_text()
-            try:
-                return requests.get(f"{self.url}/healthz", timeout=2).status_code == 200
-            except requests.ConnectionError:
-                return False
-
-        wait_for(healthy, 60, "the API to answer /healthz", interval=0.2)
-        return self
-
-    def stop(self) -> int:
-        assert self.proc is not None
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-        code = self.proc.wait(30)
-        self.log.close()
-        return code
-
-    def post(self, path: Path, name: str | None = None, **form: str) -> requests.Response:
-        with open(path, "rb") as f:
-            return requests.post(f"{self.url}/transcriptions", files={"file": (name or path.name, f)}, data=form,
-                                 timeout=30)  # fmt: skip
-
-    def get(self, task_id: str) -> requests.Response:
-        return requests.get(f"{self.url}/transcriptions/{task_id}", timeout=10)
-
-    def wait_final(self, task_id: str, timeout: float = 90) -> dict:
-        def final() -> dict | None:
-            body = self.get(task_id).json()
-            return body if body["state"] in ("done", "failed") else None
-
-        return wait_for(final, timeout, f"task {task_id} to finish", interval=0.3)
 
 
 @pytest.fixture
@@ -93,7 +36,6 @@ def test_upload_status_results_and_a_restart(broker, setup, tmp_path):
     task_id = r.json()["task_id"]
     assert r.json() == {"task_id": task_id, "status": "En proceso"}
     assert r.headers["location"] == f"/transcriptions/{task_id}"
-    assert (d.media / "uploads" / f"{task_id}.flac").read_bytes() == JFK.path.read_bytes()
 
     body = api.wait_final(task_id)
     assert (body["status"], body["state"], body["text"]) == ("Completado", "done", JFK.reference)
@@ -109,6 +51,8 @@ def test_upload_status_results_and_a_restart(broker, setup, tmp_path):
     bad.write_text("not audio")
     failed = api.wait_final(api.post(bad).json()["task_id"])
     assert (failed["status"], failed["error"]["code"], failed["text"]) == ("Error", "invalid_audio", None)
+    # api.upload_retention_s = 0: an upload goes as soon as its result (done or failed) is recorded
+    wait_for(lambda: not os.listdir(d.media / "uploads"), 10, "both uploads removed")
 
     # Stop the API; a completion that arrives meanwhile waits in the result queue.
     assert api.stop() in (0, -signal.SIGTERM)  # uvicorn re-raises SIGTERM after a clean shutdown
@@ -128,6 +72,7 @@ def test_upload_status_results_and_a_restart(broker, setup, tmp_path):
     late = api.wait_final("while-api-down")
     assert (late["status"], late["text"]) == ("Completado", SPANISH.reference)
     assert late["filename"] is None, "known only from its completion: queued by another producer"
+    assert (d.media / "other-producer.wav").exists(), "another producer's audio is not the API's to remove"
     wait_for(
         lambda: broker.ch.queue_declare(broker.result_queue, passive=True).method.message_count == 0,
         10,
@@ -135,26 +80,51 @@ def test_upload_status_results_and_a_restart(broker, setup, tmp_path):
     )
 
 
-def test_bad_requests(setup):
-    _, api = setup
-    api.start()
-    assert api.get("nope").status_code == 404
-    assert api.get("../../etc/passwd").status_code == 404
-    assert requests.get(f"{api.url}/transcriptions/nope/result.txt", timeout=10).status_code == 404
-    assert api.post(JFK.path, formats="json,docx").status_code == 422
-    assert requests.post(f"{api.url}/transcriptions", timeout=10).status_code == 422  # no file
-    empty = Path(os.devnull)
-    assert api.post(empty, "empty.wav").status_code == 422
-    openapi = requests.get(f"{api.url}/openapi.json", timeout=10).json()
-    assert {"/transcriptions", "/transcriptions/{task_id}"} <= set(openapi["paths"])
+def test_uploads_kept_for_their_retention_and_orphans_swept(broker, daemon_factory, tmp_path):
+    retention = 10.0
+    d = daemon_factory(api={"state_dir": str(tmp_path / "api-state"), "upload_retention_s": retention}).start()
+    uploads = d.media / "uploads"
+    uploads.mkdir()
+    # Left by an API that died: an upload it never recorded, one cut off mid-way; and a file not its own.
+    orphan, partial, fresh, foreign = (uploads / n for n in ("a" * 32 + ".wav", "." + "b" * 32 + ".upload",
+                                                               "c" * 32 + ".wav", "notes.txt"))  # fmt: skip
+    two_hours_ago = time.time() - 7200
+    for f in (orphan, partial, fresh, foreign):
+        f.write_bytes(b"x")
+        if f is not fresh:
+            os.utime(f, (two_hours_ago, two_hours_ago))
+    api = Api(d.config_path, tmp_path / "api.log").start()
+    try:
+        wait_for(lambda: not orphan.exists() and not partial.exists(), 30, "abandoned uploads removed")
+        assert fresh.exists(), "an unrecorded upload younger than an hour may still be on its way"
+        assert foreign.exists(), "files the API did not name are left alone"
+
+        task_id = api.post(JFK.path).json()["task_id"]
+        done = api.wait_final(task_id)
+        finished = time.monotonic()
+        upload = uploads / f"{task_id}.flac"
+        assert done["status"] == "Completado"
+        assert upload.read_bytes() == JFK.path.read_bytes(), "kept, byte for byte, during the retention"
+        wait_for(lambda: not upload.exists(), retention + 30, "the upload removed after its retention")
+        assert time.monotonic() - finished > retention / 2, "not removed long before the retention ran out"
+        assert api.get(task_id).json()["text"] == JFK.reference, "the record stays"
+    finally:
+        api.stop()
 
 
 def test_a_late_processing_event_never_undoes_a_result(tmp_path):
     store = TaskStore(str(tmp_path))
     store.create("t1", "a.wav", "uploads/t1.wav")
     store.apply(Completion("t1", "done", text="hola"))
-    store.apply(Completion("t1", "processing"))  # redelivered or reordered: ignored
+    assert store.apply(Completion("t1", "processing")) is None  # redelivered or reordered: ignored
     record = store.get("t1")
     assert record["state"] == "done" and record["completion"]["text"] == "hola"
     assert [h["state"] for h in record["history"]] == ["queued", "done"]
     assert sorted(os.listdir(tmp_path)) == ["t1.json"], "no temp files left behind"
+
+
+def test_a_task_keeps_a_bounded_history(tmp_path):
+    store = TaskStore(str(tmp_path))
+    for _ in range(100):  # a producer repeating "processing" cannot grow the record without end
+        store.apply(Completion("t1", "processing"))
+    assert len(store.get("t1")["history"]) == 20

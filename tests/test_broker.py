@@ -151,7 +151,7 @@ def test_a_job_past_its_time_limit_is_killed_retried_then_failed(broker, daemon_
     submit(broker, d, JFK.path, "quick")
     got = {c["task_id"]: c for c in broker.completions(2, 240)}
     assert (got["too-slow"]["status"], got["too-slow"]["error"]["code"]) == ("failed", "attempts_exhausted")
-    assert got["quick"]["status"] == "done"
+    assert got["quick"]["status"] == "done", json.dumps(got["quick"])
     assert d.log().count("task too-slow exceeded its time limit of 2 s; killing it") == 2
     wait_for(lambda: broker.depth(broker.dead_queue)[0] == 1, 20, "the slow job in the dead-letter queue")
 
@@ -165,3 +165,57 @@ def test_workers_fail_over_to_the_cluster_node_that_answers(broker, daemon_facto
     [c] = broker.completions(1, 60)
     assert c["status"] == "done"
     wait_for(lambda: "broker ok" in d.notify.statuses()[-1], 20, "STATUS broker ok")
+
+
+def test_reply_to_is_never_whisperds_own_queue_and_follows_the_allowlist():
+    cfg = config_mod.parse({"broker": {"reply_to_prefixes": ["amq.gen-", "api."]}}).broker
+    assert broker_mod.refuse_reply_to(cfg, "whisperd.jobs") and broker_mod.refuse_reply_to(cfg, "whisperd.jobs.dead")
+    assert broker_mod.refuse_reply_to(cfg, "orders.incoming")
+    assert (
+        broker_mod.refuse_reply_to(cfg, "amq.gen-Xy1") is None and broker_mod.refuse_reply_to(cfg, "api.done") is None
+    )
+    anyone = config_mod.parse({}).broker
+    assert broker_mod.refuse_reply_to(anyone, "orders.incoming") is None
+    assert broker_mod.refuse_reply_to(anyone, "whisperd.jobs")
+
+
+def test_a_least_privilege_producer_can_submit_and_get_its_reply_but_nothing_else(broker, daemon):
+    """The README's producer user: write to the default exchange, configure and read only its reply queues."""
+    import pika
+    import pika.exceptions
+    import pytest
+
+    user, password = f"producer-{broker.job_queue[5:15]}", "producer-pw"
+    subprocess.run(["rabbitmqctl", "-q", "add_user", user, password], check=True, capture_output=True)
+    try:
+        subprocess.run(
+            ["rabbitmqctl", "-q", "set_permissions", "-p", "/", user, r"^amq\.gen-.*", r"^amq\.default$",
+             r"^amq\.gen-.*"], check=True, capture_output=True,
+        )  # fmt: skip
+        conn = pika.BlockingConnection(pika.URLParameters(f"amqp://{user}:{password}@127.0.0.1:5672/%2F"))
+        ch = conn.channel()
+        ch.confirm_delivery()
+        reply = ch.queue_declare("", exclusive=True).method.queue
+        daemon.stage(JFK.path, "least.flac")
+        body = json.dumps({"task_id": "least", "audio_path": "least.flac"}).encode()
+        ch.basic_publish("", broker.job_queue, body, pika.BasicProperties(reply_to=reply, delivery_mode=2))
+        got = None
+        deadline = time.monotonic() + 60
+        while got is None and time.monotonic() < deadline:
+            method, _, raw = ch.basic_get(reply, auto_ack=True)
+            got = json.loads(raw) if method else conn.sleep(0.2)
+        assert got and (got["task_id"], got["status"], got["text"]) == ("least", "done", JFK.reference), got
+        for forbidden in (
+            lambda c: c.basic_get(broker.result_queue, auto_ack=True),  # other producers' completions
+            lambda c: c.queue_delete(broker.job_queue),
+            lambda c: c.queue_purge(broker.job_queue),
+            lambda c: c.queue_declare(broker.job_queue, durable=True),
+        ):
+            c = conn.channel()
+            with pytest.raises(pika.exceptions.ChannelClosedByBroker) as e:
+                forbidden(c)
+            assert e.value.reply_code == 403
+        conn.close()
+        assert broker.depth(broker.job_queue) == (0, 0)
+    finally:
+        subprocess.run(["rabbitmqctl", "-q", "delete_user", user], check=False, capture_output=True)

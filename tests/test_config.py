@@ -30,6 +30,7 @@ def test_empty_file_gives_the_documented_defaults():
     )  # fmt: skip
     assert (cfg.model.download_root, cfg.model.device) == ("/var/lib/whisperd/models", "auto")
     assert cfg.workers.count == 1
+    assert (cfg.limits.max_job_bytes, cfg.workers.hard_rss_mb, cfg.broker.reply_to_prefixes) == (65536, -1, [])
 
 
 @pytest.mark.parametrize(
@@ -48,6 +49,10 @@ def test_empty_file_gives_the_documented_defaults():
         ({"storage": {"media_root": "relative"}}, "storage.media_root: must be an absolute path"),
         ({"transcribe": {"formats": ["txt", "docx"]}}, "transcribe.formats:"),
         ({"workers": {"max_rss_mb": 500, "hard_rss_mb": 100}}, "workers.hard_rss_mb: must be >= workers.max_rss_mb"),
+        ({"workers": {"hard_rss_mb": -2}}, "workers.hard_rss_mb: must be >= 0 (0 = no limit), or -1"),
+        ({"limits": {"max_job_bytes": 100}}, "limits.max_job_bytes: must be between 1024 and 16 MiB"),
+        ({"broker": {"reply_to_prefixes": [""]}}, "broker.reply_to_prefixes: must be a list of non-empty"),
+        ({"broker": {"reply_to_prefixes": "amq.gen-"}}, "broker.reply_to_prefixes: must be a list"),
     ],
 )
 def test_bad_values_name_the_key(raw, message):
@@ -73,6 +78,13 @@ def test_check_config_command(tmp_path):
     )
     assert run.returncode == 1
     assert run.stderr.strip() == f"whisperd: config error: {bad}: workers.count: must be an integer (got 'two')"
+    secret = tmp_path / "secret.toml"
+    secret.write_text('[broker]\nurl = "amqp//whisper:S3cr3t-pw@rabbit:5672/"\n')  # malformed: no "://"
+    run = subprocess.run(
+        [sys.executable, "-m", "whisperd", "check-config", "--config", str(secret)], capture_output=True, text=True
+    )
+    assert run.returncode == 1 and "S3cr3t-pw" not in run.stderr + run.stdout
+    assert "broker.url: must be an amqp:// or amqps:// URL (got 'amqp//whisper:***@rabbit:5672/')" in run.stderr
     good = subprocess.run(
         [sys.executable, "-m", "whisperd", "check-config", "--config", str(REPO_ETC)], capture_output=True
     )
@@ -110,3 +122,18 @@ def test_bad_speech_gate_and_guard_values_name_the_key(raw, message):
     with pytest.raises(ConfigError) as e:
         config.parse({"transcribe": raw})
     assert str(e.value).startswith(message)
+
+
+@pytest.mark.parametrize(
+    "text, shown",
+    [
+        ("amqp://bob:s3cr%40t@host:5672/%2F", "amqp://bob:***@host:5672/%2F"),
+        ("amqps://u:p@ss/w@[::1]:5671/vh", "amqps://u:***@[::1]:5671/vh"),
+        ("cannot connect to bob:hunter2@rabbit1:5672", "cannot connect to bob:***@rabbit1:5672"),
+        ("amqp://rabbit1:5672/%2F and 10:30 are not secrets", "amqp://rabbit1:5672/%2F and 10:30 are not secrets"),
+    ],
+)
+def test_passwords_are_redacted_in_messages(text, shown):
+    from whisperd.logs import redact
+
+    assert redact(text) == shown

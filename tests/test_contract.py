@@ -49,6 +49,19 @@ def test_full_job_and_masstransit_envelope():
         (b'{"task_id": "t", "audio_path": "x", "formats": []}', ErrorCode.UNSUPPORTED_FORMAT, "t"),
         (b'{"task_id": "t", "audio_path": "x", "language": 7}', ErrorCode.UNSUPPORTED_LANGUAGE, "t"),
         (b'{"task_id": "t", "audio_path": "x", "word_timestamps": "yes"}', ErrorCode.INVALID_OPTION, "t"),
+        (b"[" * 60000, ErrorCode.INVALID_JOB, None),
+        (b'{"task_id": "t", "audio_path": "' + b"x" * 70000 + b'"}', ErrorCode.INVALID_JOB, None),
+        (b'{"task_id": "t", "audio_path": "' + b"x" * 4097 + b'"}', ErrorCode.INVALID_AUDIO_PATH, "t"),
+        (
+            b'{"task_id": "t", "audio_path": "x", "initial_prompt": "' + b"a" * 4097 + b'"}',
+            ErrorCode.INVALID_OPTION,
+            "t",
+        ),
+        (
+            ('{"task_id": "t", "audio_path": "x", "initial_prompt": "' + "ñ" * 2049 + '"}').encode(),
+            ErrorCode.INVALID_OPTION,
+            "t",
+        ),  # 4098 bytes in 2049 characters
     ],
 )
 def test_invalid_jobs_get_specific_codes(body, code, task_id):
@@ -56,6 +69,29 @@ def test_invalid_jobs_get_specific_codes(body, code, task_id):
         parse_job(body)
     assert (e.value.code, e.value.task_id) == (code, task_id)
     assert peek_task_id(body) == task_id
+
+
+def test_the_body_limit_is_the_configured_one():
+    body = b'{"task_id": "t", "audio_path": "x", "pad": "' + b"x" * 2000 + b'"}'
+    assert parse_job(body).task_id == "t"
+    with pytest.raises(JobError, match="limit is 1024"):
+        parse_job(body, max_bytes=1024)
+
+
+def test_completions_from_the_wire_ignore_unknown_fields_and_refuse_wrong_types():
+    c = Completion.from_json(b'{"task_id": "t", "status": "done", "text": "hi", "added_later": {"x": 1}}')
+    assert (c.task_id, c.status, c.text) == ("t", "done", "hi")
+    bad_ones = [
+        b"[]",
+        b'{"text": "no status"}',
+        b'{"status": "done"}',
+        b'{"task_id": "t", "status": "done", "duration_s": "long"}',
+        b'{"task_id": "t", "status": "done", "results": {"txt": 5}}',
+        b"[" * 60000,
+    ]
+    for bad in bad_ones:
+        with pytest.raises(JobError):
+            Completion.from_json(bad)
 
 
 def test_schema_rejects_what_the_parser_rejects():

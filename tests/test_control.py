@@ -10,6 +10,7 @@ import socket
 import stat
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -138,3 +139,64 @@ def test_a_stale_socket_is_replaced_and_a_live_one_is_left_alone(tmp_path):
     assert not os.path.exists(path)
     with pytest.raises(control.NotRunning, match="no such socket"):
         control.query([path])
+
+
+NOBODY = 65534
+
+
+def _as_nobody(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        ["setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups", sys.executable, "-m", "whisperd",
+         *args], capture_output=True, text=True, cwd="/", timeout=60, env=env,
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize("planted", ["symlink", "foreign_owner", "group_writable"])
+def test_a_shared_tmp_socket_directory_is_refused_unless_private(planted):
+    """Without XDG_RUNTIME_DIR a non-root user falls back to /tmp/whisperd-<uid>, which anyone may make first."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root to act as two users")
+    directory = Path(f"/tmp/whisperd-{NOBODY}")
+    subprocess.run(["rm", "-rf", str(directory)], check=True)
+    public = Path(tempfile.mkdtemp(prefix="whisperd-test-"))  # readable by nobody, unlike pytest's tmp_path
+    public.chmod(0o755)
+    target = public / "attacker"
+    target.mkdir()
+    if planted == "symlink":
+        directory.symlink_to(target)
+        target.chmod(0o777)
+    else:
+        directory.mkdir()
+        os.chown(directory, *((1234, 1234) if planted == "foreign_owner" else (NOBODY, NOBODY)))
+        directory.chmod(0o755 if planted == "foreign_owner" else 0o770)
+    fake = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)  # the planter's daemon, ready to lie
+    try:
+        fake.bind(str(directory / "control.sock"))
+        os.chmod(directory / "control.sock", 0o777)
+        fake.listen(4)
+        env = {k: v for k, v in os.environ.items() if k not in ("XDG_RUNTIME_DIR", "RUNTIME_DIRECTORY")}
+        cfg = public / "whisperd.toml"
+        cfg.write_text("")
+        cfg.chmod(0o644)
+        out = _as_nobody("status", "--config", str(cfg), env=env)
+        assert out.returncode == 3, out.stderr
+        assert f"{directory}/control.sock: refused: {directory}" in out.stderr, out.stderr
+        assert select.select([fake], [], [], 0)[0] == [], "the client talked to the planted socket"
+        os.setegid(NOBODY)
+        os.seteuid(NOBODY)
+        try:
+            assert control.default_runtime_dir() == str(directory) or os.environ.get("XDG_RUNTIME_DIR")
+            server = control.ControlServer(str(directory / "control.sock"))
+            assert not server.open(), "the daemon bound its socket in a directory it does not own alone"
+        finally:
+            os.seteuid(0)
+            os.setegid(0)
+    finally:
+        fake.close()
+        subprocess.run(["rm", "-rf", str(directory), str(public)], check=True)
+
+
+def test_a_private_tmp_socket_directory_is_accepted(tmp_path):
+    directory = tmp_path / "mine"
+    directory.mkdir(mode=0o700)
+    control.check_private_dir(str(directory))

@@ -84,6 +84,7 @@ def test_deb_contents(deb: Path) -> None:
     assert files["/etc/whisperd/whisperd.toml"] == "-rw-r-----"
     assert "/lib/systemd/system/whisperd.service" in files
     assert "/usr/lib/tmpfiles.d/whisperd.conf" in files
+    assert "/usr/share/doc/whisperd/examples/memory.conf" in files
     site = "/usr/lib/whisperd/venv/lib/python3.11/site-packages/"
     for wanted in ("whisperd/cli.py", "whisper/__init__.py", "torch/__init__.py"):
         assert site + wanted in files, wanted
@@ -436,12 +437,19 @@ def test_unit_settings_and_security_exposure(installed: Container) -> None:
     assert c.prop("NRestarts") == "0"
     assert "rabbitmq-server.service" in c.prop("After") and "network-online.target" in c.prop("After")
     assert "rabbitmq-server" not in c.prop("Requires") + c.prop("Wants")
+    assert c.prop("TasksMax") == "2048"
+    assert "/var/lib/whisperd/media" in c.prop("ReadOnlyPaths")
+    pid = c.sh("systemctl show -p MainPID --value whisperd").stdout.strip()
+    media_in_unit = c.sh(f"nsenter -t {pid} -m -- findmnt -no OPTIONS /var/lib/whisperd/media").stdout
+    assert media_in_unit.split(",")[0] == "ro", media_in_unit
     out = c.sh("systemd-analyze security --no-pager whisperd.service", check=False).stdout
     m = re.search(r"Overall exposure level for whisperd.service: ([\d.]+)", out)
     assert m, out
     exposure = float(m.group(1))
     print(f"systemd-analyze security whisperd.service: {exposure}")
     assert exposure <= MAX_EXPOSURE, out
+    readme = re.search(r"`systemd-analyze security\s+whisperd` rates it \*\*([\d.]+)", (REPO / "README.md").read_text())
+    assert readme and float(readme.group(1)) == exposure, "the README's figure is not what the package measures"
 
 
 @pytest.fixture(scope="module")

@@ -6,8 +6,10 @@ import json
 import os
 import subprocess
 
+import pytest
+
 from whisperd import results
-from whisperd.contract import Completion, Job
+from whisperd.contract import Completion, Job, JobError
 from whisperd.results import ResultStore
 
 RESULT = {
@@ -48,12 +50,29 @@ def test_lookup_only_answers_the_same_job_with_intact_files(tmp_path):
     job = Job("t1", "a.wav")
     paths = store.write("t1", RESULT, job.formats)
     done = Completion("t1", "done", "Hola mundo.", "es", 1.5, 0.1, paths, None, "w")
-    assert store.lookup(job) is None
-    store.commit(job, done)
-    assert store.lookup(job) == done
-    assert store.lookup(Job("t1", "other.wav")) is None
+    size = lambda: 100  # noqa: E731
+    assert store.lookup(job, size) is None
+    store.commit(job, done, 100)
+    assert store.lookup(job, size) == done
+    assert store.lookup(job, lambda: None) == done  # the upload was removed after the result
     (tmp_path / "t1.txt").unlink()
-    assert store.lookup(job) is None
+    assert store.lookup(job, size) is None
+
+
+@pytest.mark.parametrize(
+    "other, size",
+    [(Job("t1", "other.wav"), 100), (Job("t1", "a.wav", language="en"), 100), (Job("t1", "a.wav"), 101)],
+    ids=["audio_path", "options", "audio_size"],
+)
+def test_a_reused_task_id_for_another_job_is_a_conflict(tmp_path, other, size):
+    store = ResultStore(str(tmp_path))
+    job = Job("t1", "a.wav")
+    done = Completion("t1", "done", "Hola mundo.", "es", 1.5, 0.1, store.write("t1", RESULT, job.formats), None, "w")
+    store.commit(job, done, 100)
+    with pytest.raises(JobError) as e:
+        store.lookup(other, lambda: size)
+    assert e.value.code == "task_id_conflict"
+    assert store.lookup(job, lambda: 100) == done
 
 
 def test_attempts_are_counted_until_ended(tmp_path):

@@ -97,3 +97,26 @@ def test_output_without_wait_is_refused(tmp_path, daemon_factory):
     d = daemon_factory()
     r = run_submit(d.config_path, str(JFK.path), "--output", str(tmp_path / "o"))
     assert r.returncode == 2 and "--output needs --wait" in r.stderr
+
+
+def test_output_copies_only_whisperd_result_files(tmp_path):
+    """A completion on the reply queue may be forged: --output never copies a path it names."""
+    from pathlib import Path
+
+    from whisperd.contract import Completion
+    from whisperd.submit import Progress, Results, Submitted
+
+    results_dir, out = tmp_path / "results", tmp_path / "out"
+    results_dir.mkdir()
+    (results_dir / "t1.txt").write_text("the transcript\n")
+    secret = tmp_path / "secret.txt"
+    secret.write_text("not for you\n")
+    item = Submitted("t1", Path("talk.wav"), "submitted/t1.wav")
+    forged = {"txt": str(secret), "json": str(results_dir / "t1.json"), "../x": str(results_dir / "t1.../x")}
+    bars = Progress([item], enabled=False)
+    Results(str(results_dir), out).copy(item, Completion("t1", "done", results=forged), bars)
+    assert not out.exists() or list(out.iterdir()) == []
+    Results(str(results_dir), out).copy(
+        item, Completion("t1", "done", results={"txt": str(results_dir / "t1.txt")}), bars
+    )
+    assert [p.name for p in out.iterdir()] == ["talk.txt"] and (out / "talk.txt").read_text() == "the transcript\n"

@@ -145,6 +145,12 @@ def test_reload_rolls_workers_on_model_change_and_keeps_running_on_a_bad_config(
     d.signal(signal.SIGHUP)
     wait_for(lambda: "reload failed, keeping the running configuration" in d.log(), 30, "the refused reload")
     assert {w.pid for w in d.workers()} == before
+    good = d.config_path.read_text()
+    d.configure(broker={"url": "amqp//whisper:S3cr3t-pw@rabbit:5672"})  # malformed: no "://"
+    d.signal(signal.SIGHUP)
+    wait_for(lambda: d.log().count("reload failed") == 2, 30, "the second refused reload")
+    assert "S3cr3t-pw" not in d.log() and "whisper:***@rabbit" in d.log()
+    d.config_path.write_text(good)
     copy = tmp_path / "copy-of-fixture.pt"
     shutil.copyfile(FIXTURE_MODEL, copy)
     d.configure(model={"name": str(copy)})

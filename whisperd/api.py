@@ -1,6 +1,6 @@
 """``whisperd api``: an optional reference HTTP API for sites without their own producer.
 
-POST /transcriptions saves the upload under media_root and queues a job; a background thread
+POST /transcriptions streams the upload under media_root and queues a job; a background thread
 consumes the result queue and records every completion; GET /transcriptions/{id} answers from
 those records. Each task is one small JSON file in ``api.state_dir``, written atomically and
 fsynced *before* the completion is acked, so nothing is lost when the API restarts: completions
@@ -8,32 +8,49 @@ that arrive while it is down wait in the (durable) result queue and are read on 
 A file per task needs no database server and is plenty for a reference service; a site with
 heavy traffic would keep the same records in its own database.
 
+Every request is treated as hostile: the multipart body is parsed here as it streams in (not by
+starlette, which spools every part to a temp file before a handler can look at it), so an
+oversized or malformed upload is refused before more than ``limits.max_file_mb`` reaches the disk.
+
 Imports FastAPI only here; install with ``pip install 'whisperd[api]'``.
 """
 
 from __future__ import annotations
 
+import asyncio
+import dataclasses
+import hmac
+import ipaddress
 import json
 import logging
+import math
 import os
 import re
 import threading
+import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, BinaryIO
+from urllib.parse import urlsplit
 
 import pika
 import pika.exceptions
-from fastapi import FastAPI, File, Form, HTTPException, UploadFile
+from fastapi import Depends, FastAPI, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from python_multipart.exceptions import FormParserError
+from python_multipart.multipart import MultipartParser, parse_options_header
+from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from whisperd import broker
-from whisperd.config import FORMATS, Config
-from whisperd.contract import DONE, FAILED, PROCESSING, TASK_ID_RE, Completion, job_body
-from whisperd.results import atomic_write
+from whisperd.config import FORMATS, ApiConfig, Config, ConfigError
+from whisperd.contract import DONE, FAILED, PROCESSING, TASK_ID_RE, Completion, JobError, job_body
+from whisperd.results import atomic_write, fsync_dir
 
 log = logging.getLogger("whisperd.api")
 
@@ -41,12 +58,50 @@ QUEUED = "queued"
 # What the API's users see (the .NET API's vocabulary); ``state`` carries the English name.
 LABELS = {QUEUED: "En proceso", PROCESSING: "En curso", DONE: "Completado", FAILED: "Error"}
 FINAL = (DONE, FAILED)
-CHUNK = 1 << 20
 SUFFIX_RE = re.compile(r"\.[A-Za-z0-9]{1,8}")
+
+# The form: one file part named "file" and at most these plain fields, each at most FIELD_BYTES.
+FIELDS = ("language", "formats", "word_timestamps")
+FIELD_BYTES = 1024
+MAX_PARTS = 1 + len(FIELDS)
+PART_HEADERS = 8  # headers per part
+PART_HEADER_BYTES = 2048  # per header line
+# What a body may carry on top of the file: every part's headers, the fields and the boundaries.
+FORM_OVERHEAD = 64 * 1024
+FILENAME_CHARS = 255
+WRITE_BYTES = 1 << 20  # file data is written in pieces of about this size, off the event loop
+TRUE, FALSE = ("true", "1", "yes", "on"), ("false", "0", "no", "off", "")
+
+MIN_TOKEN_CHARS = 16
+# A completion is a few kB of text per minute of audio; anything bigger is not one of ours.
+MAX_COMPLETION_BYTES = 8 << 20
+HISTORY = 20  # state changes kept per task
+# Completions are recorded one at a time anyway; a small prefetch also bounds the memory that
+# oversized messages (up to the broker's max_message_size each) can take before they are rejected.
+PREFETCH = 2
+# An upload nobody owns (the API died mid-upload or before recording its task) is removed after this.
+ORPHAN_AGE_S = 3600.0
+UPLOAD_RE = re.compile(r"(?P<task_id>[0-9a-f]{32})(\.[A-Za-z0-9]{1,8})?")
+PARTIAL_RE = re.compile(r"\.(?P<task_id>[0-9a-f]{32})\.upload")
 
 
 def now_iso() -> str:
     return datetime.now(UTC).isoformat(timespec="milliseconds")
+
+
+class ApiError(Exception):
+    """A refused request: an HTTP status, a stable machine-readable ``code`` and a message."""
+
+    def __init__(self, status: int, code: str, message: str, headers: dict[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.message = message
+        self.headers = headers
+
+
+def error_response(status: int, code: str, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
+    return JSONResponse({"code": code, "detail": message}, status_code=status, headers=headers)
 
 
 class TaskStore:
@@ -93,8 +148,11 @@ class TaskStore:
         except FileNotFoundError:
             pass
 
-    def apply(self, c: Completion) -> None:
-        """Record a completion or a processing event; a late "processing" never undoes a result."""
+    def apply(self, c: Completion) -> dict[str, Any] | None:
+        """Record a completion or a processing event; a late "processing" never undoes a result.
+
+        Returns the record as written, or None when the event changed nothing.
+        """
         assert c.task_id is not None
         with self._lock:
             record = self.get(c.task_id)
@@ -103,12 +161,13 @@ class TaskStore:
                 record = {"task_id": c.task_id, "state": None, "filename": None, "audio_path": None,
                           "submitted_at": None, "history": [], "completion": None}  # fmt: skip
             if record["state"] in FINAL and c.status == PROCESSING:
-                return
+                return None
             record.update(state=c.status, updated_at=at)
-            record["history"].append({"state": c.status, "at": at})
+            record["history"] = [*record["history"], {"state": c.status, "at": at}][-HISTORY:]
             if c.status in FINAL:
-                record["completion"] = c.__dict__
+                record["completion"] = dataclasses.asdict(c)
             self._put(record)
+            return record
 
 
 class Publisher:
@@ -151,16 +210,172 @@ class Publisher:
                 pass
 
 
-class CompletionListener:
-    """Consumes the result queue in a thread; acks each completion after the store has it."""
+def _text(value: Any, name: str) -> str | None:
+    """A string field of a completion: None, or text that can be stored as UTF-8."""
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise ValueError(f"{name} must be a string")
+    value.encode("utf-8")  # a lone surrogate ("\\ud800" in JSON) would fail later, when the record is written
+    return value
+
+
+def _seconds(value: Any, name: str) -> float | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        raise ValueError(f"{name} must be a finite number")
+    return float(value)
+
+
+def _scalar(value: Any) -> bool:
+    return value is None or isinstance(value, str | bool | int) or (isinstance(value, float) and math.isfinite(value))
+
+
+def parse_completion(body: bytes) -> Completion:
+    """A completion from a result-queue message; ValueError (with the reason) for anything else.
+
+    ``Completion.from_json`` bounds the cost and checks the types; the API stores what it reads
+    and shows it to users, so it also checks every value; fields it does not know are ignored.
+    """
+    try:
+        c = Completion.from_json(body, MAX_COMPLETION_BYTES)
+    except JobError as e:
+        raise ValueError(e.message) from None
+    if not isinstance(c.task_id, str) or not TASK_ID_RE.fullmatch(c.task_id):
+        raise ValueError("task_id is missing or not 1-128 characters of A-Z a-z 0-9 . _ -")
+    if c.status not in (PROCESSING, DONE, FAILED):
+        raise ValueError(f"status must be {PROCESSING}, {DONE} or {FAILED}")
+    if not all(f in FORMATS for f in c.results):
+        raise ValueError(f"results must map formats ({', '.join(FORMATS)}) to paths")
+    if c.error is not None and not all(_scalar(v) for v in c.error.values()):
+        raise ValueError("error must be an object of plain values")
+    for field in ("text", "language", "worker"):
+        _text(getattr(c, field), field)
+    for path in c.results.values():
+        _text(path, "results")
+    for k, v in (c.error or {}).items():
+        _text(k, "error")
+        if isinstance(v, str):
+            _text(v, f"error.{k}")
+    c.duration_s = _seconds(c.duration_s, "duration_s")
+    c.processing_s = _seconds(c.processing_s, "processing_s")
+    return c
+
+
+class Uploads:
+    """The upload directory: where a task's audio lives until its result is in, and no longer."""
 
     def __init__(self, cfg: Config, store: TaskStore) -> None:
+        self.subdir = cfg.api.upload_subdir
+        self.dir = os.path.join(cfg.storage.media_root, cfg.api.upload_subdir)
+        self.retention_s = cfg.api.upload_retention_s
+        self.orphan_age_s = max(ORPHAN_AGE_S, 2 * cfg.api.upload_idle_timeout_s)
+        self.store = store
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="uploads", daemon=True)
+
+    def start(self) -> None:
+        os.makedirs(self.dir, exist_ok=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(10)
+
+    def partial_path(self, task_id: str) -> str:
+        return os.path.join(self.dir, f".{task_id}.upload")
+
+    def path_of(self, record: dict[str, Any]) -> str | None:
+        """The upload of a task the API submitted itself; None for anything else."""
+        audio_path = record.get("audio_path")
+        if not isinstance(audio_path, str) or os.path.dirname(audio_path) != self.subdir:
+            return None
+        name = os.path.basename(audio_path)
+        return os.path.join(self.dir, name) if UPLOAD_RE.fullmatch(name) else None
+
+    def finished(self, record: dict[str, Any]) -> None:
+        """Called once a task's result is recorded: remove its audio now unless it is kept a while."""
+        if self.retention_s == 0 and (path := self.path_of(record)):
+            self._remove(path, f"task {record['task_id']} is {record['state']}")
+
+    def _remove(self, path: str, why: str) -> None:
+        try:
+            os.unlink(path)
+        except FileNotFoundError:
+            return
+        except OSError as e:
+            log.warning("cannot remove upload %s (%s): %s", path, why, e)
+            return
+        log.debug("removed upload %s: %s", path, why)
+
+    def sweep(self) -> None:
+        """Remove finished tasks' uploads past retention, and uploads nobody owns past ORPHAN_AGE_S."""
+        now = time.time()
+        try:
+            entries = list(os.scandir(self.dir))
+        except OSError as e:
+            log.warning("cannot list uploads in %s: %s", self.dir, e)
+            return
+        for entry in entries:
+            try:
+                self._sweep_one(entry, now)
+            except (OSError, ValueError) as e:  # one odd entry never stops the sweep
+                log.warning("upload %s: %s", entry.path, e)
+
+    def _sweep_one(self, entry: os.DirEntry, now: float) -> None:
+        if (m := PARTIAL_RE.fullmatch(entry.name)) is not None:
+            age = now - entry.stat(follow_symlinks=False).st_mtime
+            if age > self.orphan_age_s:  # an upload in progress writes at least every upload_idle_timeout_s
+                self._remove(entry.path, f"an upload abandoned {age:.0f} s ago")
+            return
+        if (m := UPLOAD_RE.fullmatch(entry.name)) is None:
+            return  # not one of ours: leave it alone
+        record = self.store.get(m["task_id"])
+        if record is None:
+            age = now - entry.stat(follow_symlinks=False).st_mtime
+            if age > self.orphan_age_s:
+                self._remove(entry.path, f"no task records it, {age:.0f} s old")
+        elif record.get("state") in FINAL:
+            done_at = datetime.fromisoformat(record["updated_at"]).timestamp()
+            if now - done_at >= self.retention_s:
+                self._remove(entry.path, f"task {m['task_id']} is {record['state']}")
+
+    def _run(self) -> None:
+        interval = min(60.0, max(1.0, self.retention_s / 4)) if self.retention_s else 60.0
+        while True:
+            self.sweep()
+            if self._stop.wait(interval):
+                return
+
+
+class CompletionListener:
+    """Consumes the result queue in a thread; acks each completion after the store has it.
+
+    No message can stop it: one that is not a valid completion is logged and rejected without
+    requeue (dead-lettered where the operator gave the queue a dead-letter policy, else dropped).
+    A failure to store (disk full, permissions) is not the message's fault: it is left unacked,
+    the thread reconnects with back-off, and ``healthy`` is False until it is reading again.
+    """
+
+    def __init__(self, cfg: Config, store: TaskStore, on_final: Callable[[dict[str, Any]], None]) -> None:
         self.cfg = cfg
         self.store = store
+        self.on_final = on_final
         self.queue = cfg.api.result_queue or cfg.broker.result_queue
         self.connected = False
+        self.rejected = 0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="completions", daemon=True)
+
+    @property
+    def healthy(self) -> bool:
+        return self._thread.is_alive() and self.connected
+
+    def health(self) -> dict[str, Any]:
+        reading = "reading" if self.healthy else ("reconnecting" if self._thread.is_alive() else "stopped")
+        return {"status": "ok" if self.healthy else "unavailable", "completions": reading,
+                "rejected_messages": self.rejected}  # fmt: skip
 
     def start(self) -> None:
         self._thread.start()
@@ -175,9 +390,12 @@ class CompletionListener:
             try:
                 self._consume()
                 delay = 1.0
-            except (pika.exceptions.AMQPError, OSError) as e:
+            except Exception as e:
                 self.connected = False
-                log.warning("result queue %s: %s; reconnecting in %.0f s", self.queue, e or type(e).__name__, delay)
+                if isinstance(e, pika.exceptions.AMQPError | OSError):
+                    log.warning("result queue %s: %s; reconnecting in %.0f s", self.queue, e or type(e).__name__, delay)
+                else:
+                    log.exception("result queue %s: unexpected error; reconnecting in %.0f s", self.queue, delay)
                 self._stop.wait(delay)
                 delay = min(delay * 2, self.cfg.broker.reconnect_max_s)
 
@@ -185,7 +403,7 @@ class CompletionListener:
         conn = broker.connect(self.cfg.broker, "whisperd api (completions)")
         try:
             channel = conn.channel()
-            channel.basic_qos(prefetch_count=32)
+            channel.basic_qos(prefetch_count=PREFETCH)
             broker.declare(channel, self.cfg.broker)
             channel.queue_declare(self.queue, durable=True)
             self.connected = True
@@ -195,24 +413,34 @@ class CompletionListener:
                     break
                 if method is None:
                     continue
-                self._record(body)
-                channel.basic_ack(method.delivery_tag)
+                if self._handle(body):
+                    channel.basic_ack(method.delivery_tag)
+                else:
+                    self.rejected += 1
+                    channel.basic_reject(method.delivery_tag, requeue=False)
             channel.cancel()
         finally:
             self.connected = False
             if conn.is_open:
                 conn.close()
 
-    def _record(self, body: bytes) -> None:
+    def _handle(self, body: bytes) -> bool:
+        """Record one message; False to reject it. OSError (the store failed) propagates."""
         try:
-            completion = Completion.from_json(body)
-        except (ValueError, TypeError) as e:
-            log.error("dropping a message on %s that is not a completion: %s", self.queue, e)
-            return
-        if not completion.task_id or not TASK_ID_RE.fullmatch(completion.task_id):
-            log.error("dropping a completion without a valid task_id: %r", body[:200])
-            return
-        self.store.apply(completion)
+            completion = parse_completion(body)
+        except Exception as e:  # ValueError and anything else json or a field check may raise
+            log.error("rejecting a message on %s that is not a completion (%d bytes): %s", self.queue, len(body), e)
+            return False
+        try:
+            record = self.store.apply(completion)
+        except OSError:
+            raise
+        except Exception:
+            log.exception("rejecting the completion of task %s: it cannot be recorded", completion.task_id)
+            return False
+        if record is not None and record["state"] in FINAL:
+            self.on_final(record)
+        return True
 
 
 def view(record: dict[str, Any], base_url: str) -> dict[str, Any]:
@@ -236,97 +464,366 @@ def view(record: dict[str, Any], base_url: str) -> dict[str, Any]:
     }
 
 
-def create_app(cfg: Config) -> FastAPI:
+def load_token(api: ApiConfig) -> str:
+    """``api.token`` or the contents of ``api.token_file``; "" when neither is set (no authentication)."""
+    if api.token and api.token_file:
+        raise ConfigError("api.token and api.token_file: set one of them, not both")
+    token = api.token
+    if api.token_file:
+        try:
+            with open(api.token_file, encoding="utf-8") as f:
+                mode = os.fstat(f.fileno()).st_mode
+                token = f.read().strip()
+        except (OSError, UnicodeDecodeError) as e:
+            raise ConfigError(f"api.token_file: cannot read {api.token_file}: {type(e).__name__}") from None
+        if mode & 0o007:
+            raise ConfigError(f"api.token_file: {api.token_file} is open to other users; chmod 600 (or 640) it")
+        if not token:
+            raise ConfigError(f"api.token_file: {api.token_file} is empty")
+    if token and (len(token) < MIN_TOKEN_CHARS or not token.isascii() or not token.isprintable() or " " in token):
+        # The value itself is never shown: it is a secret even when it is a bad one.
+        raise ConfigError(
+            f"api.token: must be at least {MIN_TOKEN_CHARS} printable ASCII characters without spaces "
+            "(e.g. the output of `openssl rand -hex 32`)"
+        )
+    return token
+
+
+def same_origin(origin: str, host: str | None) -> bool:
+    """A page served by this API itself (its /docs), reached by IP address or as localhost.
+
+    A host *name* does not count: with DNS rebinding, any web page can make its own name point at
+    this address and pass a same-origin check, so names must be listed in api.allowed_origins.
+    """
+    if not host:
+        return False
+    netloc = urlsplit(origin).netloc.lower()
+    if netloc != host.lower():
+        return False
+    hostname = urlsplit(f"//{host}").hostname or ""
+    if hostname == "localhost":
+        return True
+    try:
+        ipaddress.ip_address(hostname)
+    except ValueError:
+        return False
+    return True
+
+
+def check_origin(request: Request, allowed: frozenset[str]) -> None:
+    """Refuse what a browser sends on behalf of another site (a form or fetch from any web page)."""
+    origin = request.headers.get("origin")
+    site = request.headers.get("sec-fetch-site")
+    if origin is not None:
+        if origin.lower() in allowed:
+            return
+        if site in (None, "same-origin") and same_origin(origin, request.headers.get("host")):
+            return
+        raise ApiError(403, "cross_origin", f"requests from origin {origin[:100]!r} are not accepted "
+                                            "(see api.allowed_origins)")  # fmt: skip
+    if site not in (None, "same-origin", "none"):
+        raise ApiError(403, "cross_origin", f"cross-site requests are not accepted (Sec-Fetch-Site: {site[:20]})")
+
+
+class UploadForm:
+    """multipart/form-data parsed as it arrives: the file part's bytes for the caller, the fields kept.
+
+    python-multipart calls these methods while parsing; file bytes are queued in ``pending`` for
+    the caller to write outside the event loop. Every limit raises ApiError at once.
+    """
+
+    def __init__(self, max_file_bytes: int) -> None:
+        self.max_file_bytes = max_file_bytes
+        self.fields: dict[str, str] = {}
+        self.filename: str | None = None
+        self.file_seen = False
+        self.file_bytes = 0
+        self.pending: list[bytes] = []
+        self.ended = False
+        self._parts = 0
+        self._headers: list[tuple[bytes, bytes]] = []
+        self._header = [b"", b""]
+        self._name: str | None = None
+        self._value = bytearray()
+
+    def callbacks(self) -> dict[str, Any]:
+        return {
+            "on_part_begin": self.on_part_begin,
+            "on_header_field": lambda d, s, e: self._grow(0, d[s:e]),
+            "on_header_value": lambda d, s, e: self._grow(1, d[s:e]),
+            "on_header_end": self.on_header_end,
+            "on_headers_finished": self.on_headers_finished,
+            "on_part_data": self.on_part_data,
+            "on_part_end": self.on_part_end,
+            "on_end": self.on_end,
+        }
+
+    def _grow(self, i: int, data: bytes) -> None:
+        self._header[i] += data
+        if len(self._header[i]) > PART_HEADER_BYTES:
+            raise ApiError(400, "malformed_body", "a part header is too long")
+
+    def on_part_begin(self) -> None:
+        self._parts += 1
+        if self._parts > MAX_PARTS:
+            raise ApiError(400, "too_many_parts", f"at most {MAX_PARTS} parts: file and {', '.join(FIELDS)}")
+        self._headers, self._name, self._value = [], None, bytearray()
+
+    def on_header_end(self) -> None:
+        self._headers.append((self._header[0].lower(), self._header[1]))
+        self._header = [b"", b""]
+
+    def on_headers_finished(self) -> None:
+        disposition = next((v for k, v in self._headers if k == b"content-disposition"), None)
+        kind, options = parse_options_header(disposition)
+        if kind != b"form-data" or b"name" not in options:
+            raise ApiError(400, "malformed_body", "every part needs Content-Disposition: form-data with a name")
+        name = options[b"name"].decode("utf-8", "replace")
+        if name == "file":
+            if self.file_seen:
+                raise ApiError(400, "too_many_files", "send exactly one file part (field 'file')")
+            self.file_seen = True
+            filename = options.get(b"filename")
+            if filename is not None:
+                self.filename = filename.decode("utf-8", "replace")[:FILENAME_CHARS]
+        elif name not in FIELDS:
+            raise ApiError(400, "unexpected_field",
+                           f"unknown form field {name[:50]!r}; the fields are file, {', '.join(FIELDS)}")  # fmt: skip
+        elif name in self.fields or name == self._name:
+            raise ApiError(400, "duplicate_field", f"form field {name!r} is sent twice")
+        elif b"filename" in options:
+            raise ApiError(400, "too_many_files", f"form field {name!r} must be a value, not a file")
+        self._name = name
+
+    def on_part_data(self, data: bytes, start: int, end: int) -> None:
+        if self._name == "file":
+            self.file_bytes += end - start
+            if self.file_bytes > self.max_file_bytes:
+                raise file_too_large(self.max_file_bytes)
+            self.pending.append(data[start:end])
+            return
+        self._value += data[start:end]
+        if len(self._value) > FIELD_BYTES:
+            raise ApiError(400, "field_too_large", f"form field {self._name!r} is over {FIELD_BYTES} bytes")
+
+    def on_part_end(self) -> None:
+        if self._name is not None and self._name != "file":
+            try:
+                self.fields[self._name] = self._value.decode("utf-8")
+            except UnicodeDecodeError:
+                raise ApiError(400, "malformed_body", f"form field {self._name!r} is not UTF-8") from None
+
+    def on_end(self) -> None:
+        self.ended = True
+
+
+def file_too_large(max_file_bytes: int) -> ApiError:
+    return ApiError(413, "file_too_large", f"the file is larger than limits.max_file_mb = {max_file_bytes / 2**20:g}")
+
+
+def job_options(fields: dict[str, str]) -> tuple[str | None, list[str] | None, bool]:
+    """(language, formats, word_timestamps) from the form, or ApiError 422."""
+    language = fields.get("language", "").strip() or None
+    formats = fields.get("formats")
+    wanted = [f.strip() for f in formats.split(",") if f.strip()] if formats else None
+    if wanted is not None and (not wanted or any(f not in FORMATS for f in wanted)):
+        raise ApiError(422, "unsupported_format", f"formats must be a comma-separated list from {','.join(FORMATS)}")
+    words = fields.get("word_timestamps", "").strip().lower()
+    if words not in TRUE + FALSE:
+        raise ApiError(422, "invalid_option", "word_timestamps must be true or false")
+    return language, wanted, words in TRUE
+
+
+UPLOAD_OPENAPI = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "multipart/form-data": {
+                "schema": {
+                    "type": "object",
+                    "required": ["file"],
+                    "properties": {
+                        "file": {"type": "string", "format": "binary", "description": "the audio or video file"},
+                        "language": {"type": "string", "description": "ISO code such as es; empty = detect"},
+                        "formats": {"type": "string", "description": f"comma-separated from {','.join(FORMATS)}"},
+                        "word_timestamps": {"type": "boolean", "default": False},
+                    },
+                }
+            }
+        },
+    }
+}
+
+
+# Module level: FastAPI resolves the (postponed) annotations that name it in this module's globals.
+BEARER = HTTPBearer(auto_error=False, description="api.token, when one is configured")
+
+
+def create_app(cfg: Config, token: str = "") -> FastAPI:
     store = TaskStore(cfg.api.state_dir)
     publisher = Publisher(cfg)
-    listener = CompletionListener(cfg, store)
-    upload_dir = os.path.join(cfg.storage.media_root, cfg.api.upload_subdir)
-    max_bytes = int(cfg.limits.max_file_mb * 2**20)
+    uploads = Uploads(cfg, store)
+    listener = CompletionListener(cfg, store, uploads.finished)
+    max_file_bytes = int(cfg.limits.max_file_mb * 2**20)
+    max_body_bytes = max_file_bytes + FORM_OVERHEAD
+    allowed_origins = frozenset(o.lower() for o in cfg.api.allowed_origins)
+    receiving = 0  # uploads in progress (the event loop's thread only)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        os.makedirs(upload_dir, exist_ok=True)
+        uploads.start()
         listener.start()
         yield
         listener.stop()
+        uploads.stop()
         publisher.close()
 
     app = FastAPI(title="whisperd", version="1", lifespan=lifespan)
 
-    @app.post("/transcriptions", status_code=202)
-    def create(
-        file: Annotated[UploadFile, File(description="the audio or video file")],
-        language: Annotated[str | None, Form(description="ISO code such as es; empty = detect")] = None,
-        formats: Annotated[str | None, Form(description=f"comma-separated from {','.join(FORMATS)}")] = None,
-        word_timestamps: Annotated[bool, Form()] = False,
-    ) -> JSONResponse:
-        wanted = [f.strip() for f in formats.split(",") if f.strip()] if formats else None
-        if wanted is not None and (not wanted or any(f not in FORMATS for f in wanted)):
-            raise HTTPException(422, f"formats must be a comma-separated list from {','.join(FORMATS)}")
-        task_id = uuid.uuid4().hex
-        suffix = Path(file.filename or "").suffix.lower()
-        relative = os.path.join(cfg.api.upload_subdir, task_id + (suffix if SUFFIX_RE.fullmatch(suffix) else ""))
-        save_upload(file, os.path.join(cfg.storage.media_root, relative), max_bytes)
-        store.create(task_id, file.filename, relative)
+    @app.exception_handler(ApiError)
+    async def refused(request: Request, e: ApiError) -> JSONResponse:
+        log.info("%s %s: %d %s", request.method, request.url.path, e.status, e.code)
+        headers = dict(e.headers or {})
+        if request.method == "POST":  # the rest of a refused upload is never read: close, do not skip it
+            headers["Connection"] = "close"
+        return error_response(e.status, e.code, e.message, headers)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, e: StarletteHTTPException) -> JSONResponse:
+        code = {404: "not_found", 405: "method_not_allowed"}.get(e.status_code, "http_error")
+        return error_response(e.status_code, code, str(e.detail), getattr(e, "headers", None))
+
+    @app.exception_handler(Exception)
+    async def crashed(request: Request, e: Exception) -> JSONResponse:
+        log.error("%s %s failed", request.method, request.url.path, exc_info=e)
+        return error_response(500, "internal_error", "the API failed to answer; see its log")
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid(request: Request, e: RequestValidationError) -> JSONResponse:
+        return error_response(422, "invalid_request", "the request does not match the API (see /docs)")
+
+    def authorize(credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(BEARER)]) -> None:
+        if not token:
+            return
+        given = credentials.credentials.encode() if credentials is not None else b""
+        if not hmac.compare_digest(given, token.encode()):
+            raise ApiError(401, "unauthorized", "a valid bearer token is required",
+                           headers={"WWW-Authenticate": 'Bearer realm="whisperd"'})  # fmt: skip
+
+    async def receive_upload(request: Request, out: BinaryIO) -> UploadForm:
+        """Stream the body through the form parser into ``out``; every bound is checked as bytes arrive."""
+        kind, params = parse_options_header(request.headers.get("content-type"))
+        if kind != b"multipart/form-data":
+            raise ApiError(415, "unsupported_media_type", "send multipart/form-data (a form with a file part)")
+        form = UploadForm(max_file_bytes)
         try:
-            publisher.publish(job_body(task_id, relative, language, wanted, word_timestamps), task_id)
+            parser = MultipartParser(params.get(b"boundary", b""), form.callbacks(), max_header_count=PART_HEADERS,
+                                     max_header_size=PART_HEADER_BYTES)  # fmt: skip
+        except FormParserError as e:
+            raise ApiError(400, "malformed_body", f"bad multipart boundary: {e}") from None
+        if not params.get(b"boundary"):
+            raise ApiError(400, "malformed_body", "the Content-Type has no multipart boundary")
+        received = 0
+        more = True
+        while more:
+            try:
+                message = await asyncio.wait_for(request.receive(), cfg.api.upload_idle_timeout_s)
+            except TimeoutError:
+                raise ApiError(408, "upload_timeout", f"no data for {cfg.api.upload_idle_timeout_s:g} s") from None
+            if message["type"] != "http.request":
+                raise ApiError(400, "incomplete_body", "the client went away during the upload")
+            chunk = message.get("body", b"")
+            more = message.get("more_body", False)
+            received += len(chunk)
+            if received > max_body_bytes:
+                raise file_too_large(max_file_bytes)
+            try:
+                parser.write(chunk)
+            except FormParserError as e:
+                raise ApiError(400, "malformed_body", f"not valid multipart/form-data: {e}") from None
+            if form.pending and (not more or sum(map(len, form.pending)) >= WRITE_BYTES):
+                data = b"".join(form.pending)
+                form.pending.clear()
+                await run_in_threadpool(out.write, data)
+        if not form.ended:
+            raise ApiError(400, "incomplete_body", "the body ended before the closing multipart boundary")
+        return form
+
+    @app.post("/transcriptions", status_code=202, dependencies=[Depends(authorize)], openapi_extra=UPLOAD_OPENAPI)
+    async def create(request: Request) -> JSONResponse:
+        nonlocal receiving
+        check_origin(request, allowed_origins)
+        length = request.headers.get("content-length")
+        if length is not None and (not length.isdigit() or int(length) > max_body_bytes):
+            raise file_too_large(max_file_bytes) if length.isdigit() else ApiError(400, "malformed_body", "bad length")
+        if receiving >= cfg.api.max_concurrent_uploads:
+            raise ApiError(503, "too_many_uploads", f"{receiving} uploads are in progress; try again shortly",
+                           headers={"Retry-After": "5"})  # fmt: skip
+        task_id = uuid.uuid4().hex
+        partial = uploads.partial_path(task_id)
+        receiving += 1
+        try:
+            with open(partial, "wb") as out:
+                form = await receive_upload(request, out)
+                await run_in_threadpool(lambda: (out.flush(), os.fsync(out.fileno())))
+            if not form.file_seen:
+                raise ApiError(422, "missing_file", "the form has no file part (field 'file')")
+            if form.file_bytes == 0:
+                raise ApiError(422, "empty_file", "the file is empty")
+            language, wanted, word_timestamps = job_options(form.fields)
+            suffix = Path(form.filename or "").suffix.lower()
+            relative = os.path.join(cfg.api.upload_subdir, task_id + (suffix if SUFFIX_RE.fullmatch(suffix) else ""))
+            os.chmod(partial, 0o640)
+            os.replace(partial, os.path.join(cfg.storage.media_root, relative))
+        except BaseException:
+            try:
+                os.unlink(partial)
+            except FileNotFoundError:
+                pass
+            raise
+        finally:
+            receiving -= 1
+        await run_in_threadpool(fsync_dir, uploads.dir)
+        await run_in_threadpool(store.create, task_id, form.filename, relative)
+        body = job_body(task_id, relative, language, wanted, word_timestamps)
+        try:
+            await run_in_threadpool(publisher.publish, body, task_id)
         except (pika.exceptions.AMQPError, OSError) as e:
             store.delete(task_id)
             os.unlink(os.path.join(cfg.storage.media_root, relative))
             log.error("cannot queue task %s: %s", task_id, e)
-            raise HTTPException(503, "the job queue is unreachable; try again later") from None
-        body = {"task_id": task_id, "status": LABELS[QUEUED]}
-        return JSONResponse(body, status_code=202, headers={"Location": f"/transcriptions/{task_id}"})
+            raise ApiError(503, "queue_unavailable", "the job queue is unreachable; try again later") from None
+        return JSONResponse({"task_id": task_id, "status": LABELS[QUEUED]}, status_code=202,
+                            headers={"Location": f"/transcriptions/{task_id}"})  # fmt: skip
 
     def record_of(task_id: str) -> dict[str, Any]:
-        record = store.get(task_id) if TASK_ID_RE.fullmatch(task_id) else None
+        if not TASK_ID_RE.fullmatch(task_id):
+            raise ApiError(400, "invalid_task_id", "a task id is 1-128 characters of A-Z a-z 0-9 . _ -")
+        record = store.get(task_id)
         if record is None:
-            raise HTTPException(404, f"no task {task_id}")
+            raise ApiError(404, "task_not_found", f"no task {task_id}")
         return record
 
-    @app.get("/transcriptions/{task_id}")
+    @app.get("/transcriptions/{task_id}", dependencies=[Depends(authorize)])
     def status(task_id: str) -> dict[str, Any]:
         return view(record_of(task_id), "/")
 
-    @app.get("/transcriptions/{task_id}/result.{fmt}")
+    @app.get("/transcriptions/{task_id}/result.{fmt}", dependencies=[Depends(authorize)])
     def result(task_id: str, fmt: str) -> FileResponse:
         paths = (record_of(task_id).get("completion") or {}).get("results") or {}
-        path = paths.get(fmt)
+        path = paths.get(fmt) if fmt in FORMATS else None
         results_dir = os.path.realpath(cfg.storage.results_dir)
         if path is None or os.path.dirname(os.path.realpath(path)) != results_dir or not os.path.exists(path):
-            raise HTTPException(404, f"task {task_id} has no {fmt} result")
+            raise ApiError(404, "result_not_found", f"task {task_id} has no {fmt[:10]} result")
         media = {"json": "application/json", "vtt": "text/vtt"}.get(fmt, "text/plain")
         return FileResponse(path, media_type=f"{media}; charset=utf-8", filename=f"{task_id}.{fmt}")
 
     @app.get("/healthz")
     def health() -> JSONResponse:
-        ok = listener.connected
-        return JSONResponse({"broker": "ok" if ok else "unreachable"}, status_code=200 if ok else 503)
+        """200 only while the completion listener runs and is connected: GET answers are current."""
+        return JSONResponse(listener.health(), status_code=200 if listener.healthy else 503)
 
     return app
-
-
-def save_upload(upload: UploadFile, dest: str, max_bytes: int) -> None:
-    """Copy the upload next to its final name, then rename: workers never see half a file."""
-    tmp = f"{dest}.part"
-    size = 0
-    try:
-        with open(tmp, "wb") as out:
-            while chunk := upload.file.read(CHUNK):
-                size += len(chunk)
-                if size > max_bytes:
-                    raise HTTPException(413, f"the file is larger than limits.max_file_mb = {max_bytes / 2**20:.0f}")
-                out.write(chunk)
-            out.flush()
-            os.fsync(out.fileno())
-        if size == 0:
-            raise HTTPException(422, "the file is empty")
-        os.chmod(tmp, 0o640)
-        os.replace(tmp, dest)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 def serve(cfg: Config, listen: str | None = None) -> int:
@@ -338,5 +835,12 @@ def serve(cfg: Config, listen: str | None = None) -> int:
     if not os.path.isdir(cfg.storage.media_root):
         log.error("storage.media_root %s does not exist", cfg.storage.media_root)
         return 2
-    uvicorn.run(create_app(cfg), host=host, port=port, log_level=cfg.logging.level.lower(), access_log=False)
+    try:
+        token = load_token(cfg.api)
+    except ConfigError as e:
+        log.error("%s", e)
+        return 2
+    if not token and host not in ("127.0.0.1", "::1", "localhost"):
+        log.warning("the API listens on %s without api.token: anyone who can reach it can submit jobs", host)
+    uvicorn.run(create_app(cfg, token), host=host, port=port, log_level=cfg.logging.level.lower(), access_log=False)
     return 0

@@ -101,6 +101,19 @@ def declare(channel: Any, cfg: BrokerConfig) -> None:
     channel.queue_declare(cfg.result_queue, durable=True)
 
 
+def refuse_reply_to(cfg: BrokerConfig, reply_to: str) -> str | None:
+    """Why whisperd will not send a completion to this ``reply_to``, or None when it may.
+
+    A completion sent to the job queue would come back as a job, and one sent to the dead-letter
+    queue would pose as a dead job; ``broker.reply_to_prefixes`` narrows replies further.
+    """
+    if reply_to in (cfg.job_queue, dead_letter_queue(cfg)):
+        return "it is one of whisperd's own queues"
+    if cfg.reply_to_prefixes and not reply_to.startswith(tuple(cfg.reply_to_prefixes)):
+        return "it does not start with one of broker.reply_to_prefixes"
+    return None
+
+
 def properties(correlation_id: str | None = None, reply_to: str | None = None, **kw: Any) -> pika.BasicProperties:
     return pika.BasicProperties(
         content_type=JSON,

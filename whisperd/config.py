@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 import tomllib
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -21,7 +22,15 @@ FORMATS = ("json", "txt", "srt", "vtt", "tsv")
 
 
 class ConfigError(ValueError):
-    """A configuration problem; str() is the one-line message shown to the operator."""
+    """A configuration problem; str() is the one-line message shown to the operator.
+
+    Messages quote the bad value, so passwords in URLs are hidden here, once for every caller.
+    """
+
+    def __init__(self, message: str) -> None:
+        from whisperd.logs import redact
+
+        super().__init__(redact(message))
 
 
 def _positive(v: Any) -> bool:
@@ -96,6 +105,11 @@ class BrokerConfig:
     heartbeat: int = key(60, _non_negative, "must be >= 0 seconds (0 disables heartbeats)")
     max_attempts: int = key(3, _positive, "must be >= 1")
     reconnect_max_s: float = key(30.0, _positive, "must be > 0 seconds")
+    reply_to_prefixes: list = key(
+        [],
+        lambda v: all(isinstance(x, str) and x for x in v),
+        "must be a list of non-empty queue-name prefixes (empty = any queue but whisperd's own)",
+    )
 
 
 @dataclass
@@ -125,7 +139,7 @@ class WorkersConfig:
     max_jobs: int = key(0, _non_negative, "must be >= 0 (0 = never recycle)")
     max_jobs_jitter: int = key(0, _non_negative, "must be >= 0")
     max_rss_mb: int = key(0, _non_negative, "must be >= 0 (0 = no limit)")
-    hard_rss_mb: int = key(0, _non_negative, "must be >= 0 (0 = no limit)")
+    hard_rss_mb: int = key(-1, lambda v: v >= -1, "must be >= 0 (0 = no limit), or -1 (derived from model and limits)")
 
 
 @dataclass
@@ -133,6 +147,7 @@ class LimitsConfig:
     max_file_mb: float = key(2048.0, _positive, "must be > 0")
     max_duration_s: float = key(4 * 3600.0, _positive, "must be > 0 seconds")
     job_timeout_s: float = key(0.0, _non_negative, "must be >= 0 seconds (0 = scaled to audio length)")
+    max_job_bytes: int = key(64 * 1024, lambda v: 1024 <= v <= 16 * 2**20, "must be between 1024 and 16 MiB")
 
 
 def _within(low: float, high: float) -> Callable[[Any], bool]:
@@ -183,6 +198,16 @@ class ApiConfig:
         "must be a relative path inside storage.media_root",
     )
     result_queue: str = key("", lambda v: v == "" or _queue_name(v), "must be a queue name, or empty")
+    token: str = key("")  # checked by the API itself, so that a bad value is never echoed
+    token_file: str = key("", _abs_or_empty, "must be an absolute path, or empty")
+    allowed_origins: list = key(
+        [],
+        lambda v: all(isinstance(x, str) and re.fullmatch(r"https?://[^/\s]+", x) for x in v),
+        "must be a list of origins such as https://intranet.example (scheme://host[:port], no path)",
+    )
+    upload_retention_s: float = key(0.0, _non_negative, "must be >= 0 seconds (0 = delete once the result is in)")
+    upload_idle_timeout_s: float = key(60.0, _positive, "must be > 0 seconds")
+    max_concurrent_uploads: int = key(4, _positive, "must be >= 1")
 
 
 @dataclass
@@ -255,7 +280,7 @@ def parse(raw: dict[str, Any], path: str | None = None) -> Config:
     built = {name: _build_section(name, f.default_factory, raw.get(name, {})) for name, f in sections.items()}
     config = Config(**built, path=path)
     w = config.workers
-    if w.hard_rss_mb and w.max_rss_mb and w.hard_rss_mb < w.max_rss_mb:
+    if w.hard_rss_mb > 0 and w.max_rss_mb and w.hard_rss_mb < w.max_rss_mb:
         raise ConfigError(f"workers.hard_rss_mb: must be >= workers.max_rss_mb (got {w.hard_rss_mb})")
     return config
 

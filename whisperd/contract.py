@@ -9,12 +9,16 @@ from __future__ import annotations
 
 import json
 import re
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 from whisperd.config import FORMATS, ConfigError, TranscribeConfig, checked_value
 
 TASK_ID_RE = re.compile(r"[A-Za-z0-9._-]{1,128}")
+# Whisper feeds only the last 223 prompt tokens to the decoder; a few KB is plenty for names and
+# spelling, and the prompt is stored with the job, so anything longer is refused.
+MAX_PROMPT_BYTES = 4096
+MAX_AUDIO_PATH_BYTES = 4096  # PATH_MAX
 TASKS = ("transcribe", "translate")
 DEFAULT_FORMATS = ("json", "txt")
 # Whisper's hallucination guards a job may set; absent or null = the [transcribe] default.
@@ -22,6 +26,9 @@ GUARD_OPTIONS = (
     "condition_on_previous_text", "no_speech_threshold", "compression_ratio_threshold",
     "hallucination_silence_threshold",
 )  # fmt: skip
+
+DEFAULT_MAX_JOB_BYTES = 64 * 1024  # limits.max_job_bytes
+MAX_COMPLETION_BYTES = 16 * 2**20  # a completion carries the whole transcript
 
 DONE = "done"
 FAILED = "failed"
@@ -48,6 +55,7 @@ class ErrorCode:
     INVALID_OPTION = "invalid_option"
     TRANSCRIPTION_FAILED = "transcription_failed"
     ATTEMPTS_EXHAUSTED = "attempts_exhausted"
+    TASK_ID_CONFLICT = "task_id_conflict"
     JOB_TIMEOUT = "job_timeout"
 
 
@@ -107,11 +115,27 @@ def _task_id_of(body: Any) -> str | None:
     return None
 
 
-def peek_task_id(raw: bytes) -> str | None:
+def _loads(raw: bytes, max_bytes: int) -> Any:
+    """json.loads with a bounded cost: a size cap first, then any failure (deep nesting raises
+    RecursionError, not ValueError) becomes an invalid_job error."""
+    if len(raw) > max_bytes:
+        message = f"body is {len(raw)} bytes; the limit is {max_bytes} (limits.max_job_bytes)"
+        raise JobError(ErrorCode.INVALID_JOB, message)
+    try:
+        return json.loads(raw)
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise JobError(ErrorCode.INVALID_JOB, f"body is not valid JSON: {e}") from None
+    except RecursionError:
+        raise JobError(ErrorCode.INVALID_JOB, "body is nested too deeply to be a job") from None
+    except Exception as e:  # MemoryError, or anything else json may raise on hostile input
+        raise JobError(ErrorCode.INVALID_JOB, f"body cannot be parsed: {type(e).__name__}") from None
+
+
+def peek_task_id(raw: bytes, max_bytes: int = DEFAULT_MAX_JOB_BYTES) -> str | None:
     """The task id of a body if it has a valid one, without validating the rest."""
     try:
-        return _task_id_of(json.loads(raw))
-    except ValueError:
+        return _task_id_of(_loads(raw, max_bytes))
+    except JobError:
         return None
 
 
@@ -133,16 +157,15 @@ def job_body(
     return json.dumps(job).encode()
 
 
-def parse_job(raw: bytes, default_formats: tuple[str, ...] = DEFAULT_FORMATS) -> Job:
+def parse_job(
+    raw: bytes, default_formats: tuple[str, ...] = DEFAULT_FORMATS, max_bytes: int = DEFAULT_MAX_JOB_BYTES
+) -> Job:
     """Decode and validate a job body; raise JobError with the most specific code.
 
     The error carries the task id whenever one could be read, so the producer still gets
     a completion for its task.
     """
-    try:
-        body = json.loads(raw)
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise JobError(ErrorCode.INVALID_JOB, f"body is not valid JSON: {e}") from None
+    body = _loads(raw, max_bytes)
     if not isinstance(body, dict):
         raise JobError(ErrorCode.INVALID_JOB, f"body must be a JSON object, got {type(body).__name__}")
     body = _unwrap_envelope(body)
@@ -158,8 +181,10 @@ def parse_job(raw: bytes, default_formats: tuple[str, ...] = DEFAULT_FORMATS) ->
     audio_path = body.get("audio_path")
     if not isinstance(audio_path, str) or not audio_path.strip() or "\x00" in audio_path:
         raise fail(ErrorCode.INVALID_AUDIO_PATH, "audio_path must be a non-empty string")
+    if len(audio_path.encode(errors="surrogatepass")) > MAX_AUDIO_PATH_BYTES:
+        raise fail(ErrorCode.INVALID_AUDIO_PATH, f"audio_path is longer than {MAX_AUDIO_PATH_BYTES} bytes")
     language = body.get("language")
-    if language is not None and (not isinstance(language, str) or not language.strip()):
+    if language is not None and (not isinstance(language, str) or not language.strip() or len(language) > 64):
         raise fail(ErrorCode.UNSUPPORTED_LANGUAGE, "language must be a language code such as 'es' or be absent")
     task = body.get("task", "transcribe")
     if task not in TASKS:
@@ -176,6 +201,11 @@ def parse_job(raw: bytes, default_formats: tuple[str, ...] = DEFAULT_FORMATS) ->
     prompt = body.get("initial_prompt")
     if prompt is not None and not isinstance(prompt, str):
         raise fail(ErrorCode.INVALID_OPTION, "initial_prompt must be a string")
+    if prompt and len(prompt.encode(errors="surrogatepass")) > MAX_PROMPT_BYTES:
+        raise fail(
+            ErrorCode.INVALID_OPTION,
+            f"initial_prompt is longer than {MAX_PROMPT_BYTES} bytes (whisper uses only its last 223 tokens)",
+        )
     guards = {}
     for name in GUARD_OPTIONS:  # same type and range checks as the [transcribe] keys
         if body.get(name) is not None:
@@ -222,5 +252,35 @@ class Completion:
         return json.dumps(asdict(self), ensure_ascii=False).encode()
 
     @classmethod
-    def from_json(cls, raw: bytes) -> Completion:
-        return cls(**json.loads(raw))
+    def from_dict(cls, data: dict[str, Any]) -> Completion:
+        """Build from a decoded completion; fields a newer whisperd may add are ignored."""
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+    @classmethod
+    def from_json(cls, raw: bytes, max_bytes: int = MAX_COMPLETION_BYTES) -> Completion:
+        """Parse a completion from the wire; raise JobError (invalid_job) on anything that is not one."""
+        data = _loads(raw, max_bytes)
+        if not isinstance(data, dict) or not isinstance(data.get("status"), str) or "task_id" not in data:
+            raise JobError(ErrorCode.INVALID_JOB, "not a completion: a JSON object with task_id and status is expected")
+        completion = cls.from_dict(data)
+        for name, kinds in _COMPLETION_TYPES.items():
+            if not isinstance(getattr(completion, name), kinds):
+                raise JobError(ErrorCode.INVALID_JOB, f"not a completion: {name} has the wrong type")
+        if not all(isinstance(k, str) and isinstance(v, str) for k, v in completion.results.items()):
+            raise JobError(ErrorCode.INVALID_JOB, "not a completion: results must map formats to paths")
+        return completion
+
+
+_NUMBER = (int, float, type(None))
+_COMPLETION_TYPES: dict[str, tuple[type, ...]] = {
+    "task_id": (str, type(None)),
+    "text": (str, type(None)),
+    "language": (str, type(None)),
+    "duration_s": _NUMBER,
+    "processing_s": _NUMBER,
+    "results": (dict,),
+    "error": (dict, type(None)),
+    "worker": (str, type(None)),
+    "speech_s": _NUMBER,
+}

@@ -44,7 +44,27 @@ def default_runtime_dir() -> str:
     base = os.environ.get("XDG_RUNTIME_DIR")
     if base and os.path.isdir(base):
         return os.path.join(base, "whisperd")
+    return fallback_runtime_dir()
+
+
+def fallback_runtime_dir() -> str:
     return os.path.join("/tmp", f"whisperd-{os.geteuid()}")
+
+
+def check_private_dir(directory: str) -> None:
+    """Refuse a socket directory in a shared place (/tmp) unless it is ours alone.
+
+    Anyone can create /tmp/whisperd-<uid> first: as a symlink, or a directory they own, they
+    could read our status or answer ``whisperd status`` in our name.
+    """
+    st = os.lstat(directory)
+    if not stat.S_ISDIR(st.st_mode):
+        raise PermissionError(errno.EPERM, f"{directory} is not a directory (a symlink?); remove it")
+    if st.st_uid != os.geteuid() or st.st_mode & 0o077:
+        raise PermissionError(
+            errno.EPERM, f"{directory} must be owned by uid {os.geteuid()} with mode 0700 (it is uid "
+            f"{st.st_uid}, mode {stat.S_IMODE(st.st_mode):o}); remove it or set control.socket",
+        )  # fmt: skip
 
 
 def socket_path(cfg: Config) -> str:
@@ -75,6 +95,8 @@ class ControlServer:
         directory = os.path.dirname(self.path)
         try:
             os.makedirs(directory, mode=0o750 if os.geteuid() == 0 else 0o700, exist_ok=True)
+            if directory == fallback_runtime_dir():
+                check_private_dir(directory)
             if _answers(self.path):
                 log.warning("control socket %s belongs to another running whisperd; `whisperd status` "
                             "will not reach this one (set control.socket to run several)", self.path)  # fmt: skip
@@ -163,6 +185,12 @@ def query(paths: list[str], timeout: float = 5.0) -> dict[str, Any]:
         if not Path(path).exists():
             problems.append(f"{path}: no such socket")
             continue
+        if os.path.dirname(path) == fallback_runtime_dir():
+            try:
+                check_private_dir(os.path.dirname(path))  # whoever made it could answer in our name
+            except PermissionError as e:
+                problems.append(f"{path}: refused: {e.strerror}")
+                continue
         try:
             with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
                 s.settimeout(timeout)

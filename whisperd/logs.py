@@ -9,7 +9,24 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import sys
+
+# "scheme://user:password@": the password runs to the last "@" of the word (it may hold "@" or "/").
+URL_CREDENTIALS = re.compile(r"(?P<head>[A-Za-z][\w+.-]*://[^:/\s@'\"]*):[^\s'\"]*@")
+# A bare "user:password@host" outside a URL.
+BARE_CREDENTIALS = re.compile(r"(?P<head>(?<![\w:])[\w.~%!$&*+,;=-]+):[^\s@/'\"]+@(?=[\w\[])")
+
+
+def redact(text: str) -> str:
+    """Hide passwords of URLs in ``text`` (``user:secret@host`` -> ``user:***@host``).
+
+    Used on every log line and every config error: the journal is readable by more people
+    than the 0640 config file that holds the broker password.
+    """
+    text = URL_CREDENTIALS.sub(r"\g<head>:***@", text)
+    return BARE_CREDENTIALS.sub(r"\g<head>:***@", text)
+
 
 PRIORITY = {logging.DEBUG: 7, logging.INFO: 6, logging.WARNING: 4, logging.ERROR: 3, logging.CRITICAL: 2}
 
@@ -27,7 +44,12 @@ def stderr_is_journal() -> bool:
     return f"{st.st_dev}:{st.st_ino}" == f"{dev}:{ino}"
 
 
-class JournalFormatter(logging.Formatter):
+class RedactingFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        return redact(super().format(record))
+
+
+class JournalFormatter(RedactingFormatter):
     def format(self, record: logging.LogRecord) -> str:
         prio = PRIORITY.get(record.levelno, 6)
         text = super().format(record)
@@ -39,7 +61,7 @@ def setup(level: str = "INFO") -> None:
     if stderr_is_journal():
         handler.setFormatter(JournalFormatter("%(message)s"))
     else:
-        handler.setFormatter(logging.Formatter("%(asctime)s [%(process)d] %(levelname)s %(message)s"))
+        handler.setFormatter(RedactingFormatter("%(asctime)s [%(process)d] %(levelname)s %(message)s"))
     root = logging.getLogger()
     root.handlers[:] = [handler]
     set_level(level)

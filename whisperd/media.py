@@ -14,7 +14,9 @@ import os
 import re
 import stat
 import subprocess
+import threading
 from dataclasses import dataclass
+from typing import IO
 
 import numpy as np
 
@@ -48,6 +50,14 @@ def _inside(root: str, path: str) -> bool:
     return path == root or path.startswith(root.rstrip("/") + "/")
 
 
+def _symlink_loop(path: str) -> bool:
+    try:
+        os.path.realpath(path, strict=True)
+    except OSError as e:
+        return e.errno == errno.ELOOP
+    return False
+
+
 def open_media(media_root: str, audio_path: str, max_bytes: int, task_id: str | None = None) -> MediaFile:
     """Open ``audio_path`` (relative to media_root, or absolute inside it) for reading."""
 
@@ -66,6 +76,8 @@ def open_media(media_root: str, audio_path: str, max_bytes: int, task_id: str | 
     except PermissionError:
         raise fail(ErrorCode.FILE_UNREADABLE, f"audio file {audio_path!r} is not readable by whisperd") from None
     except OSError as e:
+        if e.errno == errno.ELOOP and _symlink_loop(real):
+            raise fail(ErrorCode.FILE_UNREADABLE, f"audio_path {audio_path!r} is a symbolic link loop") from None
         if e.errno == errno.ELOOP:
             raise fail(ErrorCode.PATH_OUTSIDE_MEDIA_ROOT, f"audio_path {audio_path!r} changed while opening") from None
         raise fail(ErrorCode.FILE_UNREADABLE, f"cannot open audio file {audio_path!r}: {e.strerror}") from None
@@ -81,6 +93,12 @@ def open_media(media_root: str, audio_path: str, max_bytes: int, task_id: str | 
             raise fail(ErrorCode.NOT_A_FILE, f"audio_path {audio_path!r} is a directory, not a file")
         if not stat.S_ISREG(st.st_mode):
             raise fail(ErrorCode.NOT_A_FILE, f"audio_path {audio_path!r} is not a regular file")
+        if st.st_nlink > 1:
+            # A hard link made inside media_root can name any file of the same filesystem.
+            raise fail(
+                ErrorCode.PATH_OUTSIDE_MEDIA_ROOT,
+                f"audio file {audio_path!r} has {st.st_nlink} hard links; whisperd reads only files with one link",
+            )
         if st.st_size == 0:
             raise fail(ErrorCode.EMPTY_FILE, f"audio file {audio_path!r} is empty (0 bytes)")
         if st.st_size > max_bytes:
@@ -120,8 +138,24 @@ def damage(messages: list[tuple[str | None, str]]) -> str | None:
     return None
 
 
+STDERR_KEEP = 64 * 1024  # ffmpeg may log a line per damaged frame: keep the start, drop the rest
+CHUNK = 1 << 20
+
+
+def _drain(stream: IO[bytes], keep: bytearray) -> None:
+    """Read a pipe to its end, keeping only the first STDERR_KEEP bytes."""
+    while chunk := stream.read(CHUNK):
+        if len(keep) < STDERR_KEEP:
+            keep += chunk[: STDERR_KEEP - len(keep)]
+
+
 def decode(media: MediaFile, max_duration_s: float, task_id: str | None = None, threads: int = 1) -> np.ndarray:
     """Decode to 16 kHz mono float32, as whisper.load_audio does, stopping past the length limit.
+
+    ffmpeg's ``-t`` trusts timestamps, so a file whose packets all claim time 0 would decode for
+    hours; the output is therefore read in chunks and ffmpeg is killed as soon as it passes
+    ``max_duration_s`` worth of samples. Memory stays within 6 bytes per allowed sample (the s16
+    buffer and the float32 result).
 
     A file ffmpeg can only partly decode (corrupt frames, a truncated upload) is refused rather
     than transcribed in part: a silently shortened transcript is worse than a clear error.
@@ -133,22 +167,42 @@ def decode(media: MediaFile, max_duration_s: float, task_id: str | None = None, 
         "-i", f"/dev/fd/{media.fd}",
         "-vn", "-f", "s16le", "-ac", "1", "-acodec", "pcm_s16le", "-ar", str(SAMPLE_RATE), "-",
     ]  # fmt: skip
-    proc = subprocess.run(cmd, capture_output=True, pass_fds=(media.fd,), check=False)
-    messages = log_messages(proc.stderr.decode(errors="replace"), media.fd)
+    limit = int(max_duration_s * SAMPLE_RATE) * 2
+    pcm, log_bytes = bytearray(), bytearray()
+    too_long = False
+    with subprocess.Popen(
+        cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, pass_fds=(media.fd,)
+    ) as proc:
+        assert proc.stdout is not None and proc.stderr is not None
+        logger = threading.Thread(target=_drain, args=(proc.stderr, log_bytes), daemon=True)
+        logger.start()
+        eof = False
+        try:
+            while chunk := proc.stdout.read1(CHUNK):
+                pcm += chunk
+                if len(pcm) > limit:
+                    too_long = True
+                    break
+            else:
+                eof = True
+        finally:
+            if not eof:  # over the limit, or an error here: ffmpeg may be blocked writing to us
+                proc.kill()
+            proc.wait()
+            logger.join()
+    if too_long:
+        raise JobError(ErrorCode.AUDIO_TOO_LONG, f"audio is longer than the limit of {max_duration_s:.0f} s", task_id)
+    messages = log_messages(log_bytes.decode(errors="replace"), media.fd)
     problem = damage(messages)
     if proc.returncode != 0:
         detail = problem or (messages[-1][1] if messages else f"ffmpeg exit code {proc.returncode}")
         raise JobError(ErrorCode.INVALID_AUDIO, f"cannot decode audio: {detail}", task_id)
     if problem:
         raise JobError(ErrorCode.INVALID_AUDIO, f"the audio file is damaged or truncated: {problem}", task_id)
-    samples = np.frombuffer(proc.stdout, np.int16)
+    samples = np.frombuffer(pcm, np.int16)
     if samples.size == 0:
         raise JobError(ErrorCode.INVALID_AUDIO, "the file contains no audio", task_id)
-    duration = samples.size / SAMPLE_RATE
-    if duration > max_duration_s:
-        raise JobError(
-            ErrorCode.AUDIO_TOO_LONG,
-            f"audio is longer than the limit of {max_duration_s:.0f} s",
-            task_id,
-        )
-    return samples.astype(np.float32) / 32768.0
+    audio = samples.astype(np.float32)
+    del samples, pcm
+    audio /= 32768.0
+    return audio

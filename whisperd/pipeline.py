@@ -23,11 +23,15 @@ log = logging.getLogger("whisperd.worker")
 
 @dataclass
 class Outcome:
-    """What the worker must do: publish ``completion`` (if any), then ack or dead-letter the job."""
+    """What the worker must do: publish ``completion`` (if any), then ack or dead-letter the job.
+
+    ``reason`` says why a job is dead-lettered; it travels with the dead letter.
+    """
 
     completion: Completion | None
     ack: bool = True
     reused: bool = False
+    reason: str | None = None
 
 
 class Pipeline:
@@ -44,11 +48,11 @@ class Pipeline:
     def run(self, body: bytes, on_started: Callable[[Job, float], None] | None = None) -> Outcome:
         started = time.monotonic()
         try:
-            job = parse_job(body, tuple(self.cfg.transcribe.formats))
+            job = parse_job(body, tuple(self.cfg.transcribe.formats), self.cfg.limits.max_job_bytes)
         except JobError as e:
             return self._failed(e, started)
         try:
-            stored = self.store.lookup(job)
+            stored = self.store.lookup(job, lambda: self._audio_size(job))
             if stored is not None:
                 log.info("%s: task %s: already done, answering from the stored result", self.label, job.task_id)
                 self.store.end_attempts(job.task_id)  # a copy killed mid-way may have left a count
@@ -64,18 +68,31 @@ class Pipeline:
             outcome = Outcome(self._transcribe(job, started, on_started))
         except JobError as e:
             outcome = self._failed(e, started)
-            outcome.ack = e.code != ErrorCode.ATTEMPTS_EXHAUSTED
+            if e.code == ErrorCode.ATTEMPTS_EXHAUSTED:
+                outcome.ack, outcome.reason = False, f"{e.code}: {e.message}"
         if outcome.completion is not None and outcome.completion.task_id:
             self.store.end_attempts(outcome.completion.task_id)
         return outcome
 
+    def _open(self, job: Job) -> media.MediaFile:
+        max_bytes = int(self.cfg.limits.max_file_mb * 2**20)
+        return media.open_media(self.cfg.storage.media_root, job.audio_path, max_bytes, job.task_id)
+
+    def _audio_size(self, job: Job) -> int | None:
+        """The size of the job's audio now, or None when it is gone (e.g. removed after its result)."""
+        try:
+            with self._open(job) as f:
+                return f.size
+        except JobError as e:
+            if e.code == ErrorCode.FILE_NOT_FOUND:
+                return None
+            raise
+
     def _transcribe(self, job: Job, started: float, on_started: Callable[[Job, float], None] | None) -> Completion:
         self.transcriber.check(job)
-        limits = self.cfg.limits
-        with media.open_media(
-            self.cfg.storage.media_root, job.audio_path, int(limits.max_file_mb * 2**20), job.task_id
-        ) as f:
-            audio = media.decode(f, limits.max_duration_s, job.task_id, self.threads)
+        with self._open(job) as f:
+            audio = media.decode(f, self.cfg.limits.max_duration_s, job.task_id, self.threads)
+            audio_size = f.size
         duration = len(audio) / media.SAMPLE_RATE
         if on_started:
             on_started(job, duration)
@@ -99,7 +116,7 @@ class Pipeline:
             worker=self.worker_name,
             speech_s=speech_s,
         )
-        self.store.commit(job, completion)
+        self.store.commit(job, completion, audio_size)
         log.info(
             "%s: task %s: done, %.1f s of %s audio in %.2f s",
             self.label, job.task_id, duration, completion.language, completion.processing_s,
@@ -110,5 +127,5 @@ class Pipeline:
         task = f"task {err.task_id}" if err.task_id else "job without a valid task_id"
         log.error("%s: %s: failed: %s: %s", self.label, task, err.code, err.message)
         if err.task_id is None:
-            return Outcome(None, ack=False)
+            return Outcome(None, ack=False, reason=f"{err.code}: {err.message}")
         return Outcome(Completion.failure(err, self.worker_name, round(time.monotonic() - started, 3)))

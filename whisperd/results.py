@@ -12,14 +12,14 @@ import json
 import os
 import re
 import socket
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict
 from typing import IO, Any
 
 import psutil
 
-from whisperd.contract import Completion, Job
+from whisperd.contract import Completion, ErrorCode, Job, JobError
 
 MARKER_DIR = ".whisperd"
 HOST = socket.gethostname()
@@ -105,10 +105,11 @@ class ResultStore:
         fsync_dir(self.results_dir)  # once for all formats, before the marker can say "done"
         return paths
 
-    def commit(self, job: Job, completion: Completion) -> None:
+    def commit(self, job: Job, completion: Completion, audio_size: int | None = None) -> None:
         """Record that ``job`` is done; after this a redelivery is answered from disk."""
+        record = {"job": asdict(job), "audio_size": audio_size, "completion": asdict(completion)}
         with atomic_write(self._marker(job.task_id)) as f:
-            json.dump({"job": asdict(job), "completion": asdict(completion)}, f, ensure_ascii=False)
+            json.dump(record, f, ensure_ascii=False)
 
     def _attempts(self, task_id: str) -> str:
         return os.path.join(self.marker_dir, f"{task_id}.attempts")
@@ -135,16 +136,33 @@ class ResultStore:
         except FileNotFoundError:
             pass
 
-    def lookup(self, job: Job) -> Completion | None:
-        """The stored completion of this exact job, if it finished before and its files are intact."""
+    def lookup(self, job: Job, audio_size: Callable[[], int | None]) -> Completion | None:
+        """The stored completion of this job, if it finished before and its files are intact.
+
+        A task id whose results stand for another job (other audio path, audio size or options)
+        raises ``task_id_conflict``: one producer must not overwrite another's results by reusing
+        an id. ``audio_size`` is asked only then; None (the upload is gone) does not count against.
+        """
         try:
             with open(self._marker(job.task_id), encoding="utf-8") as f:
                 stored = json.load(f)
-        except (FileNotFoundError, json.JSONDecodeError):
+            completion = Completion.from_dict(stored["completion"])
+        except (FileNotFoundError, ValueError, KeyError, TypeError):
             return None
-        if stored.get("job") != json.loads(json.dumps(asdict(job))):
-            return None
-        completion = Completion(**stored["completion"])
         if not all(os.path.exists(p) for p in completion.results.values()):
-            return None
+            return None  # results removed: the task id is free again
+        if stored.get("job") != json.loads(json.dumps(asdict(job))):
+            raise self._conflict(job, "with other options or another audio_path")
+        size, stored_size = audio_size(), stored.get("audio_size")
+        if size is not None and stored_size is not None and size != stored_size:
+            raise self._conflict(job, f"with another audio file ({size} bytes, the stored result is of {stored_size})")
         return completion
+
+    @staticmethod
+    def _conflict(job: Job, how: str) -> JobError:
+        return JobError(
+            ErrorCode.TASK_ID_CONFLICT,
+            f"task_id {job.task_id!r} was already done for another job and is being reused {how}; its results "
+            "are kept: give every job its own task_id",
+            job.task_id,
+        )

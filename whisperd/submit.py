@@ -18,8 +18,8 @@ from pathlib import Path
 from tqdm import tqdm
 
 from whisperd import broker
-from whisperd.config import Config
-from whisperd.contract import DONE, FAILED, PROCESSING, Completion, job_body
+from whisperd.config import FORMATS, Config
+from whisperd.contract import DONE, FAILED, PROCESSING, Completion, JobError, job_body
 
 SUBMIT_DIR = "submitted"
 
@@ -79,7 +79,8 @@ def submit(
                 print(f"{task_id}\t{source}\tEn proceso", file=sys.stderr if wait else sys.stdout, flush=True)
         if not wait:
             return 0
-        return _wait(channel, reply_to, submitted, output, timeout, Progress(submitted, progress))
+        results = Results(cfg.storage.results_dir, output)
+        return _wait(channel, reply_to, submitted, results, timeout, Progress(submitted, progress))
     finally:
         if connection.is_open:
             connection.close()
@@ -123,7 +124,7 @@ class Progress:
         if c.status == FAILED:
             state = f"FAILED: {(c.error or {}).get('code')}"
         else:
-            state = f"done in {c.processing_s:.1f} s"
+            state = f"done in {c.processing_s or 0:.1f} s"
         bar.set_description_str(self._desc(task_id, state), refresh=False)
         bar.update(1)
 
@@ -143,7 +144,7 @@ class Progress:
 
 
 def _wait(
-    channel: object, reply_to: str, submitted: list[Submitted], output: Path | None, timeout: float, bars: Progress
+    channel: object, reply_to: str, submitted: list[Submitted], results: Results, timeout: float, bars: Progress
 ) -> int:
     pending = {s.task_id: s for s in submitted}
     failures = 0
@@ -151,7 +152,11 @@ def _wait(
     try:
         for method, props, body in channel.consume(reply_to, auto_ack=True, inactivity_timeout=1.0):  # type: ignore[attr-defined]
             if method is not None:
-                completion = Completion.from_json(body)
+                try:
+                    completion = Completion.from_json(body)
+                except JobError as e:
+                    bars.write(f"whisperd: ignoring a message on the reply queue: {e.message}", file=sys.stderr)
+                    continue
                 task_id = props.correlation_id or completion.task_id or ""
                 if task_id in pending and completion.status == PROCESSING:
                     bars.started(task_id, completion)
@@ -159,7 +164,7 @@ def _wait(
                     item = pending.pop(task_id)
                     failures += completion.status == FAILED
                     bars.finished(task_id, completion)
-                    _show(item, completion, output, bars)
+                    _show(item, completion, results, bars)
             if not pending or time.monotonic() > deadline:
                 break
             bars.tick()
@@ -171,16 +176,35 @@ def _wait(
     return 2 if pending else (1 if failures else 0)
 
 
-def _show(item: Submitted, c: Completion, output: Path | None, bars: Progress) -> None:
+class Results:
+    """Where ``--output`` copies results from: only ``results_dir/<task_id>.<format>``.
+
+    A completion names its result paths, but anyone who can publish to the reply queue can
+    write one: the paths are recomputed here, never taken from the message.
+    """
+
+    def __init__(self, results_dir: str, output: Path | None) -> None:
+        self.results_dir, self.output = results_dir, output
+
+    def copy(self, item: Submitted, c: Completion, bars: Progress) -> None:
+        if self.output is None:
+            return
+        self.output.mkdir(parents=True, exist_ok=True)
+        for fmt, named in c.results.items():
+            path = os.path.join(self.results_dir, f"{item.task_id}.{fmt}")
+            if fmt not in FORMATS or named != path:
+                bars.write(f"{item.source}: not copying {fmt!r} from {named!r}: not a whisperd result", file=sys.stderr)
+                continue
+            try:
+                shutil.copyfile(path, self.output / f"{item.source.stem}.{fmt}")
+            except OSError as e:
+                bars.write(f"{item.source}: cannot copy {fmt} result from {path}: {e}", file=sys.stderr)
+
+
+def _show(item: Submitted, c: Completion, results: Results, bars: Progress) -> None:
     if c.status == FAILED:
         err = c.error or {}
         bars.write(f"{item.source}: FAILED {err.get('code')}: {err.get('message')}")
         return
-    bars.write(f"{item.source} [{c.language}, {c.duration_s:.1f} s audio, {c.processing_s:.2f} s]: {c.text}")
-    if output is not None:
-        output.mkdir(parents=True, exist_ok=True)
-        for fmt, path in c.results.items():
-            try:
-                shutil.copyfile(path, output / f"{item.source.stem}.{fmt}")
-            except OSError as e:
-                bars.write(f"{item.source}: cannot copy {fmt} result from {path}: {e}", file=sys.stderr)
+    bars.write(f"{item.source} [{c.language}, {c.duration_s or 0:.1f} s audio, {c.processing_s or 0:.2f} s]: {c.text}")
+    results.copy(item, c, bars)

@@ -35,6 +35,7 @@ from whisperd import config as config_mod
 from whisperd import control, logs, metrics, models
 from whisperd.config import Config, ConfigError
 from whisperd.gpu import Gpus
+from whisperd.memory import hard_rss_limit_mb
 from whisperd.notify import Notifier
 from whisperd.reporting import read_reports
 
@@ -141,8 +142,9 @@ class Supervisor:
         for sig in self.SIGNALS:
             signal.signal(sig, self._queue_signal)
         log.info(
-            "whisperd starting: %d workers, model %s, queue %s, %d threads per worker",
+            "whisperd starting: %d workers, model %s, queue %s, %d threads per worker, memory ceiling %s",
             self.cfg.workers.count, self.cfg.model.name, self.cfg.broker.job_queue, threads_for(self.cfg),
+            f"{self.hard_rss_mb} MB" if self.hard_rss_mb else "off",
         )  # fmt: skip
         self.notifier.status("starting workers")
         try:
@@ -472,13 +474,18 @@ class Supervisor:
         w.killed, w.cause = reason, cause
         self._signal(w, signal.SIGKILL)
 
+    @property
+    def hard_rss_mb(self) -> int:
+        """The RSS at which a worker is killed at once (workers.hard_rss_mb, derived when -1)."""
+        return hard_rss_limit_mb(self.cfg)
+
     def check_memory(self) -> None:
         """Recycle a worker over max_rss_mb after its job; kill one over hard_rss_mb at once."""
         now = time.monotonic()
         if now - self._last_memory_check < 1.0:
             return
         self._last_memory_check = now
-        soft, hard = self.cfg.workers.max_rss_mb, self.cfg.workers.hard_rss_mb
+        soft, hard = self.cfg.workers.max_rss_mb, self.hard_rss_mb
         for w in list(self.workers.values()):
             try:
                 w.rss_mb = psutil.Process(w.pid).memory_info().rss / 2**20

@@ -36,6 +36,7 @@ log = logging.getLogger("whisperd.worker")
 
 WORKER_BOOT_ERROR = 3
 DEPTH_EVERY_S = 5.0  # how often a worker reports queue depths (for `whisperd status` and metrics)
+REQUEUE_DELAY_S = 1.0
 AUTH_ERRORS = (pika.exceptions.ProbableAuthenticationError, pika.exceptions.ProbableAccessDeniedError)
 
 
@@ -73,6 +74,7 @@ class Worker:
         self.stopping = False
         self.connection: pika.BlockingConnection | None = None
         self.channel: Any = None
+        self.reply_channel: Any = None  # best-effort replies, apart from the job channel
         self.pending: deque[Delivery] = deque()
         self.cond = threading.Condition()
         self.inflight = 0
@@ -189,7 +191,7 @@ class Worker:
 
     def _drop_connection(self) -> None:
         """Close what is left of a connection, so the broker requeues whatever we did not ack."""
-        conn, self.connection, self.channel = self.connection, None, None
+        conn, self.connection, self.channel, self.reply_channel = self.connection, None, None, None
         if conn is not None and conn.is_open:
             try:
                 conn.close()
@@ -207,6 +209,7 @@ class Worker:
         """Consume until asked to stop; raises on connection loss."""
         self.connection = broker.connect(self.cfg.broker, f"whisperd {self.label} on {socket.gethostname()}")
         self.channel = self.connection.channel()
+        self.reply_channel = None
         self.channel.confirm_delivery()
         self.channel.basic_qos(prefetch_count=self.cfg.broker.prefetch)
         broker.declare(self.channel, self.cfg.broker)
@@ -311,17 +314,19 @@ class Worker:
                 delivery = self.pending.popleft()
             try:
                 self._handle(delivery)
-            except Exception:
-                log.exception("%s: unexpected error handling a job; it will be redelivered", self.label)
-                self._settled()
+            except Exception as e:  # ENOSPC, EACCES, MemoryError, a bug: never leave the delivery unsettled
+                log.exception("%s: unexpected error handling a job; returning it to the queue", self.label)
+                time.sleep(REQUEUE_DELAY_S)  # a failure that repeats must not spin through the queue
+                self._call_in_io_thread(functools.partial(self._requeue, delivery, describe(e)))
 
     def _handle(self, d: Delivery) -> None:
-        task_id = peek_task_id(d.body)
+        task_id = peek_task_id(d.body, self.cfg.limits.max_job_bytes)
         self._title(f"busy {task_id or '?'}")
-        self.report.send(state="busy", task=task_id, since=time.time(), deadline=None)
+        # The deadline runs from now, decoding included; it grows once the audio's length is known.
+        self.report.send(state="busy", task=task_id, since=time.time(), deadline=job_deadline_s(self.cfg, 0.0))
         outcome = self.pipeline.run(d.body, on_started=functools.partial(self._on_started, job_props=d.props))
         self._report_job(outcome)
-        self._hand_back(d, outcome.completion, ack=outcome.ack)
+        self._hand_back(d, outcome.completion, ack=outcome.ack, reason=outcome.reason)
 
     def _report_job(self, outcome: Any) -> None:
         """The job's outcome for the supervisor's metrics; ``seq`` tells a new job from a repeated report."""
@@ -340,13 +345,13 @@ class Worker:
             # Also to reply_to, with the job's correlation_id: an RPC-style caller sees "processing" too.
             self._call_in_io_thread(functools.partial(self._publish_completion, self.channel, note, job_props))
 
-    def _hand_back(self, d: Delivery, completion: Completion | None, ack: bool) -> None:
+    def _hand_back(self, d: Delivery, completion: Completion | None, ack: bool, reason: str | None = None) -> None:
         if completion is not None:
             if completion.status == FAILED:
                 self.failed += 1
             else:
                 self.done += 1
-        self._call_in_io_thread(functools.partial(self._finish, d, completion, ack))
+        self._call_in_io_thread(functools.partial(self._finish, d, completion, ack, reason))
 
     def _call_in_io_thread(self, callback: Any) -> None:
         conn = self.connection
@@ -357,10 +362,10 @@ class Worker:
         except pika.exceptions.ConnectionWrongStateError:
             # The connection died while the job ran; the broker requeued the job, and the
             # stored result answers the redelivery without transcribing again.
-            if getattr(callback, "func", None) == self._finish:
+            if getattr(callback, "func", None) in (self._finish, self._requeue):
                 self._settled()
 
-    def _finish(self, d: Delivery, completion: Completion | None, ack: bool) -> None:
+    def _finish(self, d: Delivery, completion: Completion | None, ack: bool, reason: str | None = None) -> None:
         """I/O thread: publish the completion with confirms, then ack (or dead-letter)."""
         try:
             if d.channel is not self.channel or not d.channel.is_open:
@@ -370,9 +375,45 @@ class Worker:
             if ack:
                 d.channel.basic_ack(d.tag)
             else:
-                d.channel.basic_reject(d.tag, requeue=False)
+                self._dead_letter(d, reason or "rejected")
         finally:
             self._settled()
+
+    def _requeue(self, d: Delivery, reason: str) -> None:
+        """I/O thread: hand a job that hit an unexpected error back to the broker.
+
+        Started attempts are counted on disk, so a job that keeps failing ends as attempts_exhausted;
+        one that fails before that (results_dir unwritable) meets the broker's delivery limit.
+        """
+        try:
+            if d.channel is self.channel and d.channel.is_open:
+                d.channel.basic_nack(d.tag, requeue=True)
+                log.warning("%s: job returned to the queue after: %s", self.label, reason)
+        finally:
+            self._settled()
+
+    def _dead_letter(self, d: Delivery, reason: str) -> None:
+        """Move a job to the dead-letter queue with the reason in its headers, then ack it.
+
+        Published by us rather than rejected, so whoever inspects the dead letters reads why
+        (``x-whisperd-reason``); the confirm comes before the ack, so the job is never lost.
+        """
+        props = d.props
+        headers = dict(props.headers or {})
+        headers.update({"x-whisperd-reason": reason[:1000], "x-whisperd-worker": self.name})
+        dead = pika.BasicProperties(
+            content_type=props.content_type,
+            delivery_mode=pika.DeliveryMode.Persistent,
+            correlation_id=props.correlation_id,
+            message_id=props.message_id,
+            headers=headers,
+        )
+        try:
+            broker.publish(d.channel, broker.dead_letter_queue(self.cfg.broker), d.body, dead)
+        except pika.exceptions.UnroutableError:
+            d.channel.basic_reject(d.tag, requeue=False)  # no dead-letter queue: the broker's DLX decides
+            return
+        d.channel.basic_ack(d.tag)
 
     def _publish_completion(self, ch: Any, completion: Completion, job_props: pika.BasicProperties | None) -> None:
         body = completion.to_json()
@@ -381,7 +422,26 @@ class Worker:
         broker.publish(ch, self.cfg.broker.result_queue, body, props)
         reply_to = job_props.reply_to if job_props else None
         if reply_to and reply_to != self.cfg.broker.result_queue:
-            broker.publish(ch, reply_to, body, props, mandatory=False)
+            self._reply(reply_to, body, props)
+
+    def _reply(self, reply_to: str, body: bytes, props: pika.BasicProperties) -> None:
+        """Best effort copy to the job's reply_to, on a channel of its own.
+
+        The producer chooses reply_to, so it is hostile input: a queue that refuses publishes or
+        a bad ``amq.rabbitmq.reply-to`` name may close the channel it is sent on. That must not
+        take the job channel (and its unacked delivery) with it, nor hold up the ack.
+        """
+        refused = broker.refuse_reply_to(self.cfg.broker, reply_to)
+        if refused:
+            log.warning("%s: not replying to %r: %s", self.label, reply_to, refused)
+            return
+        try:
+            if self.reply_channel is None or not self.reply_channel.is_open:
+                self.reply_channel = self.connection.channel()
+            broker.publish(self.reply_channel, reply_to, body, props, mandatory=False)
+        except (pika.exceptions.ChannelError, pika.exceptions.ChannelClosed) as e:
+            log.warning("%s: could not reply to %r: %s", self.label, reply_to, describe(e))
+            self.reply_channel = None
 
     def _settled(self) -> None:
         with self.cond:

@@ -1,0 +1,405 @@
+"""Hostile requests and result-queue messages against a real ``whisperd api`` and the real broker.
+
+No daemon runs here (no job needs to): a job the API accepts stays in the job queue, where the
+tests count it, so "refused" also means "nothing published". Every refusal must come with its
+own ``code``, leave nothing on disk, and leave the API serving.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import requests
+from api_process import Api, RawHttp
+from clips import JFK
+from conftest import wait_for
+
+CAP_MB = 2.0  # limits.max_file_mb in these tests; jfk.flac is 1.1 MB
+CAP = int(CAP_MB * 2**20)
+BOUNDARY = "hostile-boundary"
+MULTIPART = f"multipart/form-data; boundary={BOUNDARY}"
+TOKEN = "t0ken-for-tests-0123456789abcdef"
+
+
+def part(name: str, content: bytes, filename: str | None = None, headers: bytes | None = None) -> bytes:
+    """One multipart part; ``headers`` replaces the Content-Disposition line when given."""
+    if headers is None:
+        disposition = f'form-data; name="{name}"' + (f'; filename="{filename}"' if filename is not None else "")
+        headers = f"Content-Disposition: {disposition}\r\n".encode()
+    return f"--{BOUNDARY}\r\n".encode() + headers + b"\r\n" + content + b"\r\n"
+
+
+def form(*parts: bytes) -> bytes:
+    return b"".join(parts) + f"--{BOUNDARY}--\r\n".encode()
+
+
+AUDIO = part("file", JFK.path.read_bytes(), "jfk.flac")
+
+
+class HostileApi(Api):
+    """An API on the test's queues (no daemon behind it) and the directories to watch."""
+
+    def __init__(self, root: Path, broker, daemon_factory, **api: object) -> None:
+        d = daemon_factory(root.name, limits={"max_file_mb": CAP_MB}, api={"state_dir": str(root / "state"), **api})
+        self.broker = broker
+        self.uploads = d.media / "uploads"
+        self.state = root / "state"
+        self.tmpdir = root / "tmp"  # where starlette would spool multipart parts
+        self.tmpdir.mkdir()
+        super().__init__(d.config_path, root / "api.log", env={"TMPDIR": str(self.tmpdir)})
+
+    def send(self, body: bytes, content_type: str = MULTIPART, **headers: str) -> requests.Response:
+        headers = {"Content-Type": content_type, **self.headers, **headers}
+        return requests.post(f"{self.url}/transcriptions", data=body, headers=headers, timeout=60)
+
+    def jobs(self) -> int:
+        return self.broker.ch.queue_declare(self.broker.job_queue, passive=True).method.message_count
+
+    def disk_bytes(self) -> int:
+        """Bytes in the upload directory and the API's TMPDIR: what a request has put on disk."""
+        total = 0
+        for d in (self.uploads, self.tmpdir):
+            for entry in os.scandir(d) if d.exists() else ():
+                try:
+                    total += entry.stat(follow_symlinks=False).st_size
+                except FileNotFoundError:
+                    pass
+        return total
+
+    def assert_nothing_kept(self, jobs: int = 0) -> None:
+        assert self.jobs() == jobs, "nothing published"
+        wait_for(lambda: self.disk_bytes() == 0, 10, "no upload or temp file left")
+        assert not list(self.state.iterdir()), "no task recorded"
+
+
+@pytest.fixture
+def make_api(broker, daemon_factory, tmp_path):
+    made: list[HostileApi] = []
+
+    def make(wait_healthy: bool = True, start: bool = True, **api: object) -> HostileApi:
+        a = HostileApi(tmp_path / f"api{len(made)}", broker, daemon_factory, **api)
+        made.append(a)
+        return a.start(wait_healthy) if start else a
+
+    yield make
+    for a in made:
+        if a.proc is not None and a.proc.poll() is None:
+            a.stop()
+
+
+def refused(r: requests.Response, status: int, code: str) -> None:
+    assert (r.status_code, r.json()["code"]) == (status, code), r.text
+
+
+def test_a_form_upload_is_stored_byte_for_byte_and_queued(make_api):
+    api = make_api()
+    r = api.post(JFK.path, "../../../etc/passwd.FLAC", language="en", formats="json,srt", word_timestamps="true")
+    assert r.status_code == 202, r.text
+    task_id = r.json()["task_id"]
+    assert (api.uploads / f"{task_id}.flac").read_bytes() == JFK.path.read_bytes()
+    assert sorted(os.listdir(api.uploads)) == [f"{task_id}.flac"], "inside the upload directory, named by task id"
+    _, _, body = api.broker.ch.basic_get(api.broker.job_queue, auto_ack=True)
+    assert json.loads(body) == {"task_id": task_id, "audio_path": f"uploads/{task_id}.flac", "language": "en",
+                                "formats": ["json", "srt"], "word_timestamps": True}  # fmt: skip
+    shown = api.get(task_id).json()
+    assert (shown["status"], shown["filename"]) == ("En proceso", "../../../etc/passwd.FLAC")
+
+    long_name = "n" * 300 + ".wav"
+    r = api.send(form(part("file", b"RIFF", long_name)))
+    assert api.get(r.json()["task_id"]).json()["filename"] == long_name[:255], "the stored name is bounded"
+    r = api.send(form(part("file", b"RIFF", "a\x00b\x7f.exe.sh")))
+    assert os.path.exists(api.uploads / f"{r.json()['task_id']}.sh")
+
+
+def test_an_oversized_content_length_is_refused_before_any_byte_is_read(make_api):
+    api = make_api()
+    conn = RawHttp(api.port)
+    conn.post_head(MULTIPART, 10 * 2**30)  # the head alone: a server that waits for the body fails here
+    status, headers, body = conn.response(timeout=15)
+    assert (status, json.loads(body)["code"]) == (413, "file_too_large")
+    assert headers["connection"] == "close"
+    conn.close()
+    api.assert_nothing_kept()
+
+
+def test_a_chunked_body_is_cut_off_once_it_passes_the_cap(make_api):
+    api = make_api()
+    conn = RawHttp(api.port)
+    conn.post_head(MULTIPART)
+    largest, done = [0], threading.Event()
+
+    def watch() -> None:
+        while not done.wait(0.005):
+            largest[0] = max(largest[0], api.disk_bytes())
+
+    watcher = threading.Thread(target=watch, daemon=True)
+    watcher.start()
+    head = f'--{BOUNDARY}\r\nContent-Disposition: form-data; name="file"; filename="big.wav"\r\n\r\n'.encode()
+    chunk = os.urandom(64 * 1024)
+    sent, closed_early = 0, False
+    try:
+        for data in [head] + [chunk] * (CAP // len(chunk) + 8):  # 512 kB past the cap, and never the last chunk
+            if not conn.send(b"%x\r\n%s\r\n" % (len(data), data)):
+                closed_early = True
+                break
+            sent += len(data)
+        status, _, body = conn.response(timeout=15)  # a server waiting for the end of the body fails here
+    finally:
+        done.set()
+        watcher.join()
+    assert (status, json.loads(body)["code"]) == (413, "file_too_large")
+    assert largest[0] <= CAP, f"{largest[0]} bytes reached the disk, over the {CAP} cap"
+    assert closed_early or sent > CAP
+    conn.close()
+    api.assert_nothing_kept()
+
+
+def test_a_file_just_over_the_cap_inside_a_small_form(make_api):
+    api = make_api()
+    refused(api.send(form(part("file", b"\0" * (CAP + 1000), "a.wav"))), 413, "file_too_large")
+    api.assert_nothing_kept()
+
+
+MALFORMED_FORMS = {
+    # the review's case: a valid file, then junk parts (were spooled to disk, then 202)
+    "junk-file-parts": (form(AUDIO, part("junk", b"j" * 300_000, "junk1.bin"), part("junk2", b"j" * 300_000, "j2")),
+                        400, "unexpected_field"),
+    "second-file": (form(AUDIO, part("file", b"j" * 300_000, "second.wav")), 400, "too_many_files"),
+    "unknown-field": (form(AUDIO, part("callback_url", b"http://evil.example")), 400, "unexpected_field"),
+    "duplicate-field": (form(AUDIO, part("language", b"es"), part("language", b"en")), 400, "duplicate_field"),
+    "long-field": (form(AUDIO, part("language", b"es" * 600)), 400, "field_too_large"),
+    "field-as-file": (form(AUDIO, part("language", b"es", "lang.txt")), 400, "too_many_files"),
+    "too-many-parts": (form(AUDIO, part("language", b"es"), part("formats", b"txt"), part("word_timestamps", b"1"),
+                            part("extra", b"1")), 400, "too_many_parts"),
+    "no-disposition": (form(AUDIO, part("", b"x", headers=b"Content-Type: text/plain\r\n")), 400, "malformed_body"),
+    "not-form-data": (form(AUDIO, part("", b"x", headers=b'Content-Disposition: attachment; filename="x"\r\n')),
+                      400, "malformed_body"),
+    "long-part-header": (form(AUDIO, part("", b"x", headers=b'Content-Disposition: form-data; name="' + b"n" * 5000
+                                          + b'"\r\n')), 400, "malformed_body"),
+    "many-part-headers": (form(part("", b"x", headers=b"X-A: 1\r\n" * 50), AUDIO), 400, "malformed_body"),
+    "field-not-utf8": (form(AUDIO, part("language", b"\xff\xfe")), 400, "malformed_body"),
+    "no-closing-boundary": (AUDIO, 400, "incomplete_body"),
+    "garbage-body": (b"this is not a multipart body at all", 400, "malformed_body"),
+    "no-file": (form(part("language", b"es")), 422, "missing_file"),
+    "empty-file": (form(part("file", b"", "empty.wav")), 422, "empty_file"),
+    "bad-formats": (form(AUDIO, part("formats", b"json,docx")), 422, "unsupported_format"),
+    "bad-bool": (form(AUDIO, part("word_timestamps", b"maybe")), 422, "invalid_option"),
+}  # fmt: skip
+
+
+def test_malformed_forms_are_refused_with_a_code(make_api):
+    api = make_api()
+    for kind, (body, status, code) in MALFORMED_FORMS.items():
+        r = api.send(body)
+        assert (r.status_code, r.json().get("code")) == (status, code), f"{kind}: {r.text}"
+        api.assert_nothing_kept()
+    assert api.post(JFK.path).status_code == 202, "still serving"
+
+
+def test_bodies_that_are_not_a_form(make_api):
+    api = make_api()
+    refused(api.send(b'{"audio_path": "/etc/passwd"}', "application/json"), 415, "unsupported_media_type")
+    refused(api.send(form(AUDIO), "multipart/form-data"), 400, "malformed_body")  # no boundary
+    refused(api.send(form(AUDIO), "multipart/form-data; boundary=" + "b" * 300), 400, "malformed_body")
+    refused(requests.post(f"{api.url}/transcriptions", timeout=10), 415, "unsupported_media_type")
+    conn = RawHttp(api.port)  # a Content-Length shorter than the body: the form ends early
+    conn.post_head(MULTIPART, 500_000)
+    conn.send(form(AUDIO))
+    status, headers, body = conn.response()
+    assert (status, json.loads(body)["code"], headers["connection"]) == (400, "incomplete_body", "close")
+    conn.close()
+    api.assert_nothing_kept()
+
+
+def half_an_upload(api: HostileApi) -> RawHttp:
+    """An upload that sends its head and 100 kB of its body, then nothing more."""
+    conn = RawHttp(api.port)
+    body = form(AUDIO)
+    conn.post_head(MULTIPART, len(body))
+    conn.send(body[:100_000])
+    return conn
+
+
+def test_a_stalled_upload_times_out_and_leaves_nothing(make_api):
+    api = make_api(upload_idle_timeout_s=2.0)
+    conn = half_an_upload(api)
+    status, _, answer = conn.response(timeout=30)  # then nothing: a slow-loris client
+    assert (status, json.loads(answer)["code"]) == (408, "upload_timeout")
+    conn.close()
+    api.assert_nothing_kept()
+
+
+def test_concurrent_uploads_are_bounded_and_a_vanished_client_leaves_nothing(make_api):
+    api = make_api(max_concurrent_uploads=1)
+    conn = half_an_upload(api)
+
+    def answer() -> requests.Response:  # an otherwise-invalid form: 422 when a slot is free, never published
+        return api.send(form(AUDIO, part("formats", b"docx")))
+
+    busy = wait_for(lambda: (r := answer()).status_code == 503 and [r], 30, "the second upload refused")[0]
+    refused(busy, 503, "too_many_uploads")
+    assert busy.headers["retry-after"]
+    conn.close()  # the first client goes away mid-upload
+    wait_for(lambda: answer().status_code == 422, 30, "the slot freed")
+    api.assert_nothing_kept()
+
+
+CROSS_ORIGIN = {
+    "other-site": {"Origin": "https://evil.example"},
+    "null-origin": {"Origin": "null"},
+    "lookalike": {"Origin": "https://intranet.example.evil.example"},
+    "sec-fetch-cross-site": {"Sec-Fetch-Site": "cross-site"},
+    "sec-fetch-same-site": {"Sec-Fetch-Site": "same-site"},
+    "dns-rebinding": {"Origin": "http://rebound.example:{port}", "Host": "rebound.example:{port}"},
+    "contradicting-headers": {"Origin": "http://127.0.0.1:{port}", "Sec-Fetch-Site": "cross-site"},
+}
+
+
+def test_cross_origin_posts_are_refused(make_api):
+    api = make_api(allowed_origins=["https://intranet.example"])
+    for kind, headers in CROSS_ORIGIN.items():
+        r = api.post(JFK.path, headers={k: v.format(port=api.port) for k, v in headers.items()})
+        assert (r.status_code, r.json()["code"]) == (403, "cross_origin"), kind
+    api.assert_nothing_kept()
+    assert api.post(JFK.path, headers={"Origin": "https://intranet.example"}).status_code == 202, "allowed origin"
+    assert api.post(JFK.path, headers={"Origin": f"http://127.0.0.1:{api.port}"}).status_code == 202, "own /docs"
+    assert api.post(JFK.path).status_code == 202, "a client that is not a browser"
+    assert api.jobs() == 3
+
+
+def test_a_bearer_token_guards_every_task_route(make_api, tmp_path):
+    api = make_api(token=TOKEN)
+    unauthorized = [
+        api.post(JFK.path),
+        api.post(JFK.path, headers={"Authorization": "Bearer " + TOKEN[:-1]}),
+        api.post(JFK.path, headers={"Authorization": "Bearer " + TOKEN + "x"}),
+        api.post(JFK.path, headers={"Authorization": "Basic " + TOKEN}),
+        api.post(JFK.path, headers={"Authorization": "Bearer"}),
+        api.get("some-task"),
+        requests.get(f"{api.url}/transcriptions/some-task/result.txt", timeout=10),
+    ]
+    for r in unauthorized:
+        refused(r, 401, "unauthorized")
+        assert r.headers["www-authenticate"].startswith("Bearer")
+    api.assert_nothing_kept()
+    conn = RawHttp(api.port)  # refused before the body is read
+    conn.post_head(MULTIPART, 10 * 2**30)
+    assert conn.response(timeout=15)[0] == 401
+    conn.close()
+    assert requests.get(f"{api.url}/healthz", timeout=10).status_code == 200, "health checks need no token"
+
+    api.headers = {"Authorization": f"Bearer {TOKEN}"}
+    r = api.post(JFK.path)
+    assert r.status_code == 202 and api.get(r.json()["task_id"]).status_code == 200
+    assert TOKEN not in api.log_path.read_text()
+
+    token_file = tmp_path / "api.token"
+    token_file.write_text("from-a-file-0123456789abcdef\n")
+    token_file.chmod(0o600)
+    from_file = make_api(token_file=str(token_file))
+    refused(from_file.post(JFK.path), 401, "unauthorized")
+    assert from_file.post(JFK.path, headers={"Authorization": "Bearer from-a-file-0123456789abcdef"}).status_code == 202
+
+
+def test_a_bad_token_setting_stops_the_start_without_printing_it(make_api, tmp_path):
+    open_to_all = tmp_path / "world-readable.token"
+    open_to_all.write_text("readable-by-anyone-0123456789")
+    open_to_all.chmod(0o644)
+    for keys, says in [
+        ({"token_file": str(open_to_all)}, "open to other users"),
+        ({"token": "short-secret"}, "at least 16"),
+        ({"token": "spaces in the secret 0123", "token_file": "/etc/hostname"}, "not both"),
+        ({"token": "spaces in the secret 0123"}, "without spaces"),
+        ({"token_file": "/nonexistent/api.token"}, "cannot read"),
+    ]:
+        api = make_api(start=False, **keys)
+        with pytest.raises(AssertionError):
+            api.start()
+        assert api.proc.wait(30) == 2
+        log = api.log_path.read_text()
+        assert says in log, log
+        assert "token" not in keys or keys["token"] not in log
+
+
+def poison_messages() -> dict[str, bytes]:
+    completion = {"task_id": "p", "status": "done"}
+    return {
+        "deep-json": b"[" * 100_000,
+        "deep-object": b'{"a":' * 50_000,
+        "huge-body": b'{"task_id": "p", "status": "done", "text": "' + b"a" * (9 << 20) + b'"}',
+        "not-utf8": b"\xff\xfe\xfa\x00garbage",
+        "empty": b"",
+        "json-array": b"[]",
+        "json-string": b'"done"',
+        "json-null": b"null",
+        "json-number": b"42",
+        "huge-integer": b'{"task_id": "p", "status": "done", "duration_s": ' + b"9" * 5000 + b"}",
+        "nan": b'{"task_id": "p", "status": "done", "duration_s": NaN}',
+        "no-task-id": json.dumps({"status": "done"}).encode(),
+        "task-id-path": json.dumps({**completion, "task_id": "../../etc/passwd"}).encode(),
+        "task-id-number": json.dumps({**completion, "task_id": 7}).encode(),
+        "unknown-status": json.dumps({**completion, "status": "exploded"}).encode(),
+        "results-not-object": json.dumps({**completion, "results": 5}).encode(),
+        "results-unknown-format": json.dumps({**completion, "results": {"docx": "/etc/passwd"}}).encode(),
+        "text-not-string": json.dumps({**completion, "text": {"a": [1]}}).encode(),
+        "lone-surrogate": b'{"task_id": "p", "status": "done", "text": "\\ud800"}',
+        "error-nested": json.dumps({**completion, "status": "failed", "error": {"code": {"x": 1}}}).encode(),
+    }
+
+
+def test_the_completion_listener_survives_any_message_and_healthz_tells_the_truth(make_api, broker):
+    api = make_api()
+    poison = poison_messages()
+    for body in poison.values():
+        broker.publish(body, queue=broker.result_queue)
+    # unknown fields are ignored; a task the API did not submit is still recorded
+    broker.publish({"task_id": "after-poison", "status": "done", "text": "hola", "language": "es",
+                    "new_field": {"from": "a newer whisperd"}}, queue=broker.result_queue)  # fmt: skip
+    done = api.wait_final("after-poison", timeout=60)
+    assert (done["status"], done["text"], done["language"]) == ("Completado", "hola", "es")
+    assert api.get("p").status_code == 404, "no poison message was recorded"
+    health = api.health()
+    assert health == {"status": "ok", "completions": "reading", "rejected_messages": len(poison)}, health
+    wait_for(lambda: broker.depth(broker.result_queue) == (0, 0), 30, "every message settled, none requeued")
+    assert "Traceback" not in api.log_path.read_text()
+
+
+def test_healthz_is_503_while_completions_cannot_be_read(make_api, broker):
+    # a queue that exists with other arguments: the broker is up, but the listener cannot consume
+    blocked = f"{broker.job_queue}.api-results"
+    broker.ch.queue_declare(blocked, durable=True, arguments={"x-max-length": 5})
+    try:
+        api = make_api(wait_healthy=False, result_queue=blocked)
+        for _ in range(3):
+            r = api.answers()
+            assert r is not None and r.status_code == 503 and r.json()["completions"] == "reconnecting", r
+            time.sleep(1)
+    finally:
+        broker.ch.queue_delete(blocked)
+    assert wait_for(api.health, 30, "healthy once the queue can be read")["completions"] == "reading"
+    broker.ch.queue_delete(blocked)
+
+
+def test_task_urls_are_validated_and_errors_carry_a_code(make_api):
+    api = make_api()
+    for path, status, code in [
+        ("/transcriptions/nope", 404, "task_not_found"),
+        ("/transcriptions/" + "x" * 200, 400, "invalid_task_id"),
+        ("/transcriptions/bad%20id", 400, "invalid_task_id"),
+        ("/transcriptions/nope/result.txt", 404, "task_not_found"),
+        ("/transcriptions/%2E%2E%2Fetc%2Fpasswd", 404, "not_found"),  # decoded before routing: no such route
+        ("/transcriptions/..%5Cetc", 400, "invalid_task_id"),
+        ("/etc/passwd", 404, "not_found"),
+    ]:
+        refused(requests.get(api.url + path, timeout=10), status, code)
+    refused(requests.delete(f"{api.url}/transcriptions", timeout=10), 405, "method_not_allowed")
+    task_id = api.post(JFK.path).json()["task_id"]
+    refused(requests.get(f"{api.url}/transcriptions/{task_id}/result.docx", timeout=10), 404, "result_not_found")
+    refused(requests.get(f"{api.url}/transcriptions/{task_id}/result.txt", timeout=10), 404, "result_not_found")
+    openapi = requests.get(f"{api.url}/openapi.json", timeout=10).json()
+    assert "multipart/form-data" in openapi["paths"]["/transcriptions"]["post"]["requestBody"]["content"]

@@ -1,0 +1,43 @@
+"""The worker memory ceiling that whisperd derives when ``workers.hard_rss_mb = -1`` (the default).
+
+A worker's memory is its model plus what one job can make it hold: the decoded audio (s16 and
+float32, 6 bytes a sample) and whisper's log-mel of the whole file (its STFT is computed for the
+full length at once). Both are bounded by ``limits.max_duration_s``, so the ceiling can be set
+where only a runaway (a bug, a leak, an input that escaped its limits) reaches it, and never a
+healthy job on a large model. Imports nothing heavy: the supervisor uses it.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+
+from whisperd.config import Config
+
+# Checkpoint sizes on disk (fp16) of whisper's named models, in MB.
+MODEL_DISK_MB = {
+    "tiny": 75, "tiny.en": 75, "base": 145, "base.en": 145, "small": 484, "small.en": 484,
+    "medium": 1528, "medium.en": 1528, "large-v1": 3087, "large-v2": 3087, "large-v3": 3087, "large": 3087,
+    "large-v3-turbo": 1620, "turbo": 1620,
+}  # fmt: skip
+RUNTIME_MB = 1024  # interpreter, torch, ffmpeg pipes, allocator slack
+MODEL_FACTOR = 3  # fp16 checkpoint read (1x) while the fp32 model (2x) is built
+AUDIO_MB_PER_S = 0.6  # decoded audio + whole-file STFT/mel, measured ~0.35-0.55 MB/s on CPU
+
+
+def model_disk_mb(cfg: Config) -> float:
+    """Size of the configured checkpoint: the file if it is there, else whisper's published size."""
+    name = cfg.model.name
+    for path in (name, os.path.join(cfg.model.download_root, f"{name}.pt")):
+        if os.path.isfile(path):
+            return os.path.getsize(path) / 2**20
+    return MODEL_DISK_MB.get(name, max(MODEL_DISK_MB.values()))
+
+
+def hard_rss_limit_mb(cfg: Config) -> int:
+    """``workers.hard_rss_mb``, or the derived ceiling when it is -1; 0 means no limit."""
+    w = cfg.workers
+    if w.hard_rss_mb >= 0:
+        return w.hard_rss_mb
+    derived = RUNTIME_MB + MODEL_FACTOR * model_disk_mb(cfg) + AUDIO_MB_PER_S * cfg.limits.max_duration_s
+    return max(math.ceil(derived), w.max_rss_mb)
