@@ -121,7 +121,11 @@ class Arms:
     def __exit__(self, *exc: object) -> None:
         for arm in self.arms.values():
             arm.daemon.stop()
-            arm.producer.close()
+        for arm in self.arms.values():
+            try:
+                arm.producer.close()
+            except Exception as e:  # a lost connection must not keep the other queues
+                print(f"bench: closing {arm.producer.queues.prefix}: {e!r}", file=sys.stderr)
 
     def stage(self, name: str, audio: np.ndarray | None = None) -> str:
         """Put a file into every daemon's media_root: ``audio`` as WAV, or tests/data/``name``."""
