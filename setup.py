@@ -15,6 +15,8 @@ setup(
         "setproctitle>=1.3",
         "sdnotify>=0.3",
         "tqdm>=4.60",
+        # the speech gate: faster-whisper's Silero VAD with its bundled ONNX model (onnxruntime)
+        "faster-whisper>=1.1",
     ],
     extras_require={
         "gpu": ["nvidia-ml-py>=12"],

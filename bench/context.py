@@ -29,12 +29,17 @@ class Sizes:
     profile_s: float = 20.0
     real_rounds: int = 3  # of the 16 real clips (161 s of audio) with the real base weights
     real_scaling_passes: int = 2  # the 16 clips this many times, for 1 vs 2 workers
+    vad_repeats: int = 3
+    vad_recording_s: float = 600.0
+    vad_ungated_non_speech: bool = True  # tone and music without the gate take minutes each
+    guards_all_clips: bool = True
 
     @classmethod
     def quick(cls) -> Sizes:
         return cls(
             overhead_rounds=2, cli_files=2, scaling_jobs=4, latency_jobs=6,
             long_audio_s=60.0, throughput_jobs=120, profile_s=5.0, real_rounds=1, real_scaling_passes=1,
+            vad_repeats=1, vad_recording_s=120.0, vad_ungated_non_speech=False, guards_all_clips=False,
         )  # fmt: skip
 
 

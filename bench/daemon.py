@@ -25,6 +25,9 @@ class Daemon(DaemonProcess):
             "broker": {"url": BROKER_URL, "job_queue": job_queue, "result_queue": result_queue},
             "model": {"name": model_path, "device": "cpu"},
             "workers": {"count": 1, "drain_timeout": 120.0},
+            # The sections compare whisperd with whisper itself, so the speech gate (on by default in
+            # whisperd, measured on its own in bench/vad.py) stays out of their way.
+            "transcribe": {"vad": False},
         }
         super().__init__(root, base, cwd=REPO)
         self.configure(**sections)

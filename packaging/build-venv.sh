@@ -79,23 +79,29 @@ import os
 import shutil
 import sys
 
+import numpy as np
 import torch
 import whisper
 
 import whisperd.cli
 import whisperd.supervisor
 import whisperd.worker  # noqa: F401
+from whisperd import speech  # the speech gate: Silero VAD's ONNX model ships inside faster-whisper
 
 src = sys.argv[1]
 model_path = os.path.join(src, "tests/data/fixture-model.pt")
 audio = os.path.join(src, "tests/data/jfk.flac")
 print(f"build-venv: torch {torch.__version__} (cuda {torch.version.cuda}), whisper {whisper.__version__}")
+assert speech.find_speech(np.zeros(16000, np.float32), 0.5, 2000, 400).chunks == []
 if os.path.exists(model_path) and os.path.exists(audio) and shutil.which("ffmpeg"):
     # word_timestamps runs whisper's numba DTW: llvmlite's JIT works too.
     result = whisper.load_model(model_path, device="cpu").transcribe(audio, fp16=False, word_timestamps=True)
     text = result["text"]
     print(f"build-venv: fixture transcription: {text.strip()[:60]}...")
     assert "country" in text, text
+    found = speech.find_speech(whisper.load_audio(audio), 0.5, 2000, 400)
+    print(f"build-venv: speech gate: {found.seconds:.1f} s of speech in {audio}")
+    assert found.seconds > 5, found.chunks
 PY
 find "$target" -depth -type d -name __pycache__ -exec rm -rf {} +
 log "done: $(du -sh "$target" | cut -f1) in $target"

@@ -107,6 +107,24 @@ def test_cluster_urls_start_at_random_and_keep_every_node():
 
 
 @pytest.mark.parametrize(
+    ("raw", "message"),
+    [
+        ({"vad": "yes"}, "transcribe.vad: must be true or false"),
+        ({"vad_threshold": 1.0}, "transcribe.vad_threshold: must be between 0.01 and 0.99"),
+        ({"vad_min_silence_ms": -1}, "transcribe.vad_min_silence_ms: must be between 0 and 60000 ms"),
+        ({"vad_speech_pad_ms": 2.5}, "transcribe.vad_speech_pad_ms: must be an integer"),
+        ({"no_speech_threshold": float("nan")}, "transcribe.no_speech_threshold: must be between 0 and 1"),
+        ({"compression_ratio_threshold": float("inf")}, "transcribe.compression_ratio_threshold: must be between"),
+        ({"hallucination_silence_threshold": 31}, "transcribe.hallucination_silence_threshold: must be between"),
+    ],
+)
+def test_bad_speech_gate_and_guard_values_name_the_key(raw, message):
+    with pytest.raises(ConfigError) as e:
+        config.parse({"transcribe": raw})
+    assert str(e.value).startswith(message)
+
+
+@pytest.mark.parametrize(
     "text, shown",
     [
         ("amqp://bob:s3cr%40t@host:5672/%2F", "amqp://bob:***@host:5672/%2F"),

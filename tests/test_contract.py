@@ -107,3 +107,36 @@ def test_completions_match_the_schema():
     for c in (done, failed):
         jsonschema.validate(json.loads(c.to_json()), schema("completion"))
         assert Completion.from_json(c.to_json()) == c
+
+
+def test_guard_options_are_checked_like_their_config_keys():
+    body = {"task_id": "t", "audio_path": "x", "condition_on_previous_text": False, "no_speech_threshold": 1,
+            "compression_ratio_threshold": 2.0, "hallucination_silence_threshold": None}  # fmt: skip
+    job = parse_job(json.dumps(body).encode())
+    guards = (job.condition_on_previous_text, job.no_speech_threshold, job.compression_ratio_threshold)
+    assert guards == (False, 1.0, 2.0)
+    assert job.hallucination_silence_threshold is None  # null = the [transcribe] default
+    jsonschema.validate(body, schema("job"))
+    wrapped = {"messageId": "m", "message": {"taskId": "t", "audioPath": "x", "conditionOnPreviousText": False,
+                                             "noSpeechThreshold": 1, "compressionRatioThreshold": 2.0}}  # fmt: skip
+    assert parse_job(json.dumps(wrapped).encode()) == job
+    validator = jsonschema.Draft202012Validator(schema("job"))
+    bad = [
+        ({"condition_on_previous_text": "no"}, "condition_on_previous_text: must be true or false (got 'no')"),
+        ({"no_speech_threshold": 1.5}, "no_speech_threshold: must be between 0 and 1 (got 1.5)"),
+        ({"no_speech_threshold": True}, "no_speech_threshold: must be a number (got True)"),
+        ({"compression_ratio_threshold": 0.5}, "compression_ratio_threshold: must be between 1 and 100"),
+        ({"hallucination_silence_threshold": -1}, "hallucination_silence_threshold: must be between 0 and 30"),
+        ({"hallucination_silence_threshold": 10**400}, "hallucination_silence_threshold: must be between 0 and 30"),
+        ({"no_speech_threshold": "x" * 10_000}, "no_speech_threshold: must be a number (got 'xxxxxx"),
+    ]
+    for option, message in bad:
+        with pytest.raises(JobError) as e:
+            parse_job(json.dumps({"task_id": "t", "audio_path": "x", **option}).encode())
+        assert (e.value.code, e.value.task_id) == (ErrorCode.INVALID_OPTION, "t")
+        assert e.value.message.startswith(message) and len(e.value.message) < 200
+        assert not validator.is_valid({"task_id": "t", "audio_path": "x", **option})
+    for raw in (b"NaN", b"Infinity", b"-Infinity"):  # Python's json accepts them; JSON does not
+        with pytest.raises(JobError) as e:
+            parse_job(b'{"task_id": "t", "audio_path": "x", "compression_ratio_threshold": ' + raw + b"}")
+        assert e.value.code == ErrorCode.INVALID_OPTION

@@ -150,10 +150,27 @@ class LimitsConfig:
     max_job_bytes: int = key(64 * 1024, lambda v: 1024 <= v <= 16 * 2**20, "must be between 1024 and 16 MiB")
 
 
+def _within(low: float, high: float) -> Callable[[Any], bool]:
+    """A closed range; NaN and infinities (TOML and Python's JSON accept both) fall outside it."""
+    return lambda v: low <= v <= high
+
+
 @dataclass
 class TranscribeConfig:
     formats: list = key(["json", "txt"], _formats, f"must be a non-empty list of distinct values from {list(FORMATS)}")
     beam_size: int = key(0, _non_negative, "must be >= 0 (0 = greedy, whisper's default)")
+    # The speech gate (whisperd.speech): Silero VAD before Whisper.
+    vad: bool = key(True)
+    vad_threshold: float = key(0.5, _within(0.01, 0.99), "must be between 0.01 and 0.99")
+    vad_min_silence_ms: int = key(2000, _within(0, 60_000), "must be between 0 and 60000 ms")
+    vad_speech_pad_ms: int = key(400, _within(0, 5_000), "must be between 0 and 5000 ms")
+    # Whisper's own hallucination guards; a job may override each (contract.GUARD_OPTIONS).
+    condition_on_previous_text: bool = key(True)
+    no_speech_threshold: float = key(0.6, _within(0.0, 1.0), "must be between 0 and 1")
+    compression_ratio_threshold: float = key(2.4, _within(1.0, 100.0), "must be between 1 and 100")
+    hallucination_silence_threshold: float = key(
+        0.0, _within(0.0, 30.0), "must be between 0 and 30 seconds (0 = off; used with word timestamps)"
+    )
 
 
 @dataclass
@@ -236,19 +253,23 @@ def _build_section(name: str, cls: type, raw: Any) -> Any:
     fields = {f.name: f for f in dataclasses.fields(cls)}
     for unknown in sorted(set(raw) - set(fields)):
         raise ConfigError(f"{name}.{unknown}: unknown key (known: {', '.join(fields)})")
-    values = {}
-    for fname, f in fields.items():
-        if fname not in raw:
-            continue
-        value = raw[fname]
-        kind = {"str": str, "int": int, "float": float, "bool": bool, "list": list}[f.type]
-        if not _type_ok(value, kind):
-            raise ConfigError(f"{name}.{fname}: must be {_TYPE_NAMES[kind]} (got {value!r})")
-        check = f.metadata.get("check")
-        if check is not None and not check(value):
-            raise ConfigError(f"{name}.{fname}: {f.metadata['why']} (got {value!r})")
-        values[fname] = float(value) if kind is float else value
+    values = {fname: checked_value(cls, fname, raw[fname], f"{name}.") for fname in fields if fname in raw}
     return cls(**values)
+
+
+def checked_value(cls: type, fname: str, value: Any, prefix: str = "") -> Any:
+    """``value`` for key ``fname`` of section ``cls`` after its type and range checks (floats as
+    float), or ConfigError "<prefix><fname>: <why> (got ...)". Jobs reuse it for their options."""
+    f = next(f for f in dataclasses.fields(cls) if f.name == fname)
+    kind = {"str": str, "int": int, "float": float, "bool": bool, "list": list}[f.type]
+    shown = repr(value)
+    shown = shown if len(shown) <= 80 else shown[:77] + "..."  # a job's value may be huge
+    if not _type_ok(value, kind):
+        raise ConfigError(f"{prefix}{fname}: must be {_TYPE_NAMES[kind]} (got {shown})")
+    check = f.metadata.get("check")
+    if check is not None and not check(value):
+        raise ConfigError(f"{prefix}{fname}: {f.metadata['why']} (got {shown})")
+    return float(value) if kind is float else value
 
 
 def parse(raw: dict[str, Any], path: str | None = None) -> Config:

@@ -12,7 +12,7 @@ import re
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
-from whisperd.config import FORMATS
+from whisperd.config import FORMATS, ConfigError, TranscribeConfig, checked_value
 
 TASK_ID_RE = re.compile(r"[A-Za-z0-9._-]{1,128}")
 # Whisper feeds only the last 223 prompt tokens to the decoder; a few KB is plenty for names and
@@ -21,6 +21,11 @@ MAX_PROMPT_BYTES = 4096
 MAX_AUDIO_PATH_BYTES = 4096  # PATH_MAX
 TASKS = ("transcribe", "translate")
 DEFAULT_FORMATS = ("json", "txt")
+# Whisper's hallucination guards a job may set; absent or null = the [transcribe] default.
+GUARD_OPTIONS = (
+    "condition_on_previous_text", "no_speech_threshold", "compression_ratio_threshold",
+    "hallucination_silence_threshold",
+)  # fmt: skip
 
 DEFAULT_MAX_JOB_BYTES = 64 * 1024  # limits.max_job_bytes
 MAX_COMPLETION_BYTES = 16 * 2**20  # a completion carries the whole transcript
@@ -73,6 +78,10 @@ class Job:
     formats: tuple[str, ...] = DEFAULT_FORMATS
     word_timestamps: bool = False
     initial_prompt: str | None = None
+    condition_on_previous_text: bool | None = None
+    no_speech_threshold: float | None = None
+    compression_ratio_threshold: float | None = None
+    hallucination_silence_threshold: float | None = None
 
 
 # MassTransit's serializer names C# properties in camelCase (TaskId -> "taskId") unless the
@@ -82,6 +91,10 @@ _CAMEL_CASE = {
     "audioPath": "audio_path",
     "wordTimestamps": "word_timestamps",
     "initialPrompt": "initial_prompt",
+    "conditionOnPreviousText": "condition_on_previous_text",
+    "noSpeechThreshold": "no_speech_threshold",
+    "compressionRatioThreshold": "compression_ratio_threshold",
+    "hallucinationSilenceThreshold": "hallucination_silence_threshold",
 }
 
 
@@ -193,6 +206,13 @@ def parse_job(
             ErrorCode.INVALID_OPTION,
             f"initial_prompt is longer than {MAX_PROMPT_BYTES} bytes (whisper uses only its last 223 tokens)",
         )
+    guards = {}
+    for name in GUARD_OPTIONS:  # same type and range checks as the [transcribe] keys
+        if body.get(name) is not None:
+            try:
+                guards[name] = checked_value(TranscribeConfig, name, body[name])
+            except ConfigError as e:
+                raise fail(ErrorCode.INVALID_OPTION, str(e)) from None
     return Job(
         task_id=task_id,
         audio_path=audio_path,
@@ -201,6 +221,7 @@ def parse_job(
         formats=tuple(dict.fromkeys(formats)),
         word_timestamps=word_timestamps,
         initial_prompt=prompt or None,
+        **guards,
     )
 
 
@@ -215,6 +236,7 @@ class Completion:
     results: dict[str, str] = field(default_factory=dict)
     error: dict[str, str] | None = None
     worker: str | None = None
+    speech_s: float | None = None
 
     @classmethod
     def failure(cls, err: JobError, worker: str, processing_s: float | None = None) -> Completion:
@@ -260,4 +282,5 @@ _COMPLETION_TYPES: dict[str, tuple[type, ...]] = {
     "results": (dict,),
     "error": (dict, type(None)),
     "worker": (str, type(None)),
+    "speech_s": _NUMBER,
 }

@@ -97,12 +97,13 @@ class Pipeline:
         if on_started:
             on_started(job, duration)
         try:
-            result = self.transcriber.transcribe(audio, job, self.cfg.transcribe.beam_size)
+            result = self.transcriber.transcribe(audio, job, self.cfg.transcribe)
         except (MemoryError, JobError):
             raise
         except Exception as e:  # a model error on this input: report it, keep serving
             log.exception("%s: task %s: transcription failed", self.label, job.task_id)
             raise JobError(ErrorCode.TRANSCRIPTION_FAILED, f"transcription failed: {e}", job.task_id) from e
+        speech_s = result.pop("speech_s", None)  # the speech gate's figure: for the completion, not the files
         stored = self.store.lookup(job, lambda: audio_size)
         if stored is not None:
             # Another worker finished this job while this one ran it (the broker requeued it, e.g.
@@ -120,6 +121,7 @@ class Pipeline:
             processing_s=round(time.monotonic() - started, 3),
             results=paths,
             worker=self.worker_name,
+            speech_s=speech_s,
         )
         self.store.commit(job, completion, audio_size)
         log.info(

@@ -12,8 +12,8 @@ from typing import Any
 import numpy as np
 
 from whisperd import models
-from whisperd.config import ModelConfig
-from whisperd.contract import ErrorCode, Job, JobError
+from whisperd.config import ModelConfig, TranscribeConfig
+from whisperd.contract import GUARD_OPTIONS, ErrorCode, Job, JobError
 
 log = logging.getLogger("whisperd.worker")
 
@@ -74,14 +74,38 @@ class Transcriber:
                 ErrorCode.UNSUPPORTED_TASK, f"model {self.name!r} is English-only: no translate", job.task_id
             )
 
-    def transcribe(self, audio: np.ndarray, job: Job, beam_size: int = 0) -> dict[str, Any]:
+    def transcribe(self, audio: np.ndarray, job: Job, settings: TranscribeConfig | None = None) -> dict[str, Any]:
+        """Whisper's result for ``audio``. With ``settings.vad`` only the speech goes to Whisper
+        (none: no call at all), timestamps stay those of ``audio``, and ``result["speech_s"]``
+        says how much speech there was; without it this is a plain ``model.transcribe``."""
+        settings = settings or TranscribeConfig()
         self._torch.set_num_threads(self.threads)  # per calling thread with OpenMP, so set it here
-        kwargs: dict[str, Any] = {}
-        if beam_size:
-            kwargs.update(beam_size=beam_size, best_of=beam_size)
+        language = self.language_code(job)
+        if not settings.vad:
+            return self._whisper_transcribe(audio, job, settings, language)
+        from whisperd import speech
+
+        found = speech.find_speech(
+            audio, settings.vad_threshold, settings.vad_min_silence_ms, settings.vad_speech_pad_ms
+        )
+        if not found.chunks:
+            return {"text": "", "segments": [], "language": language, "speech_s": 0.0}
+        result = self._whisper_transcribe(found.audio, job, settings, language)
+        found.restore(result)
+        result["speech_s"] = round(found.seconds, 3)
+        return result
+
+    def _whisper_transcribe(
+        self, audio: np.ndarray, job: Job, settings: TranscribeConfig, language: str | None
+    ) -> dict[str, Any]:
+        kwargs: dict[str, Any] = {name: getattr(settings, name) for name in GUARD_OPTIONS}
+        kwargs.update({name: getattr(job, name) for name in GUARD_OPTIONS if getattr(job, name) is not None})
+        kwargs["hallucination_silence_threshold"] = kwargs["hallucination_silence_threshold"] or None  # 0 = off
+        if settings.beam_size:
+            kwargs.update(beam_size=settings.beam_size, best_of=settings.beam_size)
         return self.model.transcribe(
             audio,
-            language=self.language_code(job),
+            language=language,
             task=job.task,
             word_timestamps=job.word_timestamps,
             initial_prompt=job.initial_prompt,
