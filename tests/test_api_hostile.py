@@ -370,9 +370,9 @@ def test_the_completion_listener_survives_any_message_and_healthz_tells_the_trut
 
 
 def test_healthz_is_503_while_completions_cannot_be_read(make_api, broker):
-    # a queue that exists with other arguments: the broker is up, but the listener cannot consume
+    # a queue another connection holds exclusively: the broker is up, but the listener cannot consume
     blocked = f"{broker.job_queue}.api-results"
-    broker.ch.queue_declare(blocked, durable=True, arguments={"x-max-length": 5})
+    broker.ch.queue_declare(blocked, exclusive=True)
     try:
         api = make_api(wait_healthy=False, result_queue=blocked)
         for _ in range(3):
