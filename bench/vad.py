@@ -237,11 +237,16 @@ def run(ctx: Ctx) -> Section:
                 wer = word_error_rate([(ref, done["text"])], language)
                 result[arm.name] = (done, wer, after.peak_mb - before.rss_mb)
             (d_on, wer_on, peak_on), (d_off, wer_off, peak_off) = result["on"], result["off"]
+            conditioned = on.run(name, condition_on_previous_text=True)  # whisper's default, for the guards
+            wer_conditioned = word_error_rate([(ref, conditioned["text"])], language)
             speedup, cpu = ratios([(d_off, d_on)])
             s.add(f"{minutes}: WER on / off", f"{wer_on:.1%} / {wer_off:.1%}", "on ≤ off", wer_on <= wer_off)
             s.add(f"{minutes}: time on / off",
                   f"{fmt_s(d_on['processing_s'])} / {fmt_s(d_off['processing_s'])}: {speedup:.1f}× faster "
                   f"({cpu:.1f}× less CPU)", "≥ 2× faster", speedup >= 2)  # fmt: skip
+            s.add(f"{minutes}: gate on, condition_on_previous_text=true: WER / time",
+                  f"{wer_conditioned:.1%} / {fmt_s(conditioned['processing_s'])}")  # fmt: skip
+            result["conditioned"] = (conditioned, wer_conditioned, 0.0)
             s.add(f"{minutes}: speech_s / language on, off",
                   f"{d_on['speech_s']:.0f} s / {d_on['language']}, {d_off['language']}")  # fmt: skip
             s.add(f"{minutes}: worker peak RSS above its RSS before, on / off", f"+{peak_on:.0f} / +{peak_off:.0f} MB")
