@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 import uuid
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +19,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent / "fixtures"))
 
-from clips import CLIPS, DATA_DIR, FIXTURE_MODEL, JFK, repeat_audio  # noqa: E402
+from clips import CLIPS, DATA_DIR, FIXTURE_MODEL, english_speech  # noqa: E402
 from rabbit_node import RabbitNode  # noqa: E402
 from real_weights import RealWeights, WeightsError, ensure  # noqa: E402
 
@@ -206,24 +207,25 @@ def real_weights() -> RealWeights:
         pytest.fail(f"real Whisper weights unavailable: {e}")
 
 
-@pytest.fixture(scope="session")
-def long_audio(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """66 s of speech (jfk.flac six times): a job that takes several seconds with the fixture model."""
-    out = tmp_path_factory.mktemp("audio") / "long.wav"
-    inputs = [arg for _ in range(6) for arg in ("-i", str(JFK.path))]
-    subprocess.run(
-        ["ffmpeg", "-nostdin", "-loglevel", "error", *inputs, "-filter_complex", "concat=n=6:v=0:a=1",
-         "-ar", "16000", "-ac", "1", str(out)],
-        check=True,
-    )  # fmt: skip
-    return out
+@dataclass(frozen=True)
+class SlowJob:
+    """A job that stays in flight long enough to kill, stop, time out or inspect it: real ``tiny.en``
+    weights on 3.6 min of distinct English speech, ~12 s on one idle core, decoded greedily (so
+    about as long every time). The fixture model reads any audio in a fraction of a second."""
+
+    model: Path
+    audio: Path
+
+    @property
+    def section(self) -> dict[str, str]:
+        """The daemon's ``[model]`` section for it."""
+        return {"name": str(self.model)}
 
 
 @pytest.fixture(scope="session")
-def slow_audio(long_audio: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """5.5 min of speech: a job that lasts several seconds even on an idle machine, for tests that
-    must act while a job is still running (kill it, time it out, outlast heartbeats)."""
-    return repeat_audio(long_audio, 5, tmp_path_factory.mktemp("audio") / "slow.wav")
+def slow_job(real_weights: RealWeights, tmp_path_factory: pytest.TempPathFactory) -> SlowJob:
+    audio = english_speech(4, tmp_path_factory.mktemp("audio") / "slow.wav")
+    return SlowJob(real_weights.checkpoint("tiny.en"), audio)
 
 
-__all__ = ["DATA_DIR", "BrokerClient", "Daemon", "submit", "wait_for", "write_toml"]
+__all__ = ["DATA_DIR", "BrokerClient", "Daemon", "SlowJob", "submit", "wait_for", "write_toml"]

@@ -10,11 +10,13 @@ import threading
 import time
 
 import psutil
-from clips import JFK
+from clips import JFK, LIBRISPEECH
 from conftest import submit, wait_for
 
 from whisperd import broker as broker_mod
 from whisperd import config as config_mod
+
+SHORT = LIBRISPEECH[1]  # 2 s of speech: well inside a 4 s time limit, even for tiny.en on a busy core
 
 
 def rabbitmqctl(*args: str, node: str | None = None) -> list[list[str]]:
@@ -60,13 +62,13 @@ def amqp_connection_of(worker: psutil.Process) -> tuple[int, str]:
     return found[0] if len(found) == 1 else (0, "")
 
 
-def test_a_transcription_longer_than_three_heartbeats_is_not_redelivered(broker, daemon_factory, slow_audio):
+def test_a_transcription_longer_than_three_heartbeats_is_not_redelivered(broker, daemon_factory, slow_job):
     heartbeat = 2
-    d = daemon_factory(broker={"heartbeat": heartbeat}, workers={"threads": 1}).start()
+    d = daemon_factory(model=slow_job.section, broker={"heartbeat": heartbeat}, workers={"threads": 1}).start()
     [worker] = d.workers()
     before = wait_for(lambda: amqp_connection_of(worker)[0] and amqp_connection_of(worker), 30, "the connection")
     assert before[1] == str(heartbeat), f"heartbeat not negotiated: {before}"
-    submit(broker, d, slow_audio, "long-1")
+    submit(broker, d, slow_job.audio, "long-1")
     [c] = broker.completions(1, 180)
     assert (c["task_id"], c["status"]) == ("long-1", "done")
     assert c["processing_s"] > 3 * heartbeat, "precondition: the job must outlast three heartbeat intervals"
@@ -78,10 +80,10 @@ def test_a_transcription_longer_than_three_heartbeats_is_not_redelivered(broker,
 
 
 def test_broker_restart_shows_unreachable_then_recovers_without_loss(private_broker, rabbit_node, daemon_factory,
-                                                                     long_audio):  # fmt: skip
-    d = daemon_factory(on=private_broker, workers={"count": 2}).start()
+                                                                     slow_job):  # fmt: skip
+    d = daemon_factory(on=private_broker, model=slow_job.section, workers={"count": 2}).start()
     d.wait_ready()
-    submit(private_broker, d, long_audio, "during-outage")
+    submit(private_broker, d, slow_job.audio, "during-outage")
     d.busy_worker()
     rabbit_node.stop_app()
     try:
@@ -119,14 +121,14 @@ def _kill_when_busy_with(d, task_id: str, kills: list[int], stop: threading.Even
         time.sleep(0.05)
 
 
-def test_a_job_that_kills_its_worker_is_dead_lettered_after_max_attempts(broker, daemon_factory, slow_audio):
-    d = daemon_factory(workers={"count": 2}, broker={"max_attempts": 3}).start()
+def test_a_job_that_kills_its_worker_is_dead_lettered_after_max_attempts(broker, daemon_factory, slow_job):
+    d = daemon_factory(model=slow_job.section, workers={"count": 2}, broker={"max_attempts": 3}).start()
     kills: list[int] = []
     stop = threading.Event()
     killer = threading.Thread(target=_kill_when_busy_with, args=(d, "poison", kills, stop, 1.0), daemon=True)
     killer.start()
     try:
-        submit(broker, d, slow_audio, "poison")
+        submit(broker, d, slow_job.audio, "poison")
         for i in range(6):
             submit(broker, d, JFK.path, f"fine-{i}")
         got = {c["task_id"]: c for c in broker.completions(7, 240)}
@@ -145,14 +147,15 @@ def test_a_job_that_kills_its_worker_is_dead_lettered_after_max_attempts(broker,
     wait_for(lambda: broker.depth(broker.job_queue) == (0, 0), 20, "an empty job queue")
 
 
-def test_a_job_past_its_time_limit_is_killed_retried_then_failed(broker, daemon_factory, slow_audio):
-    d = daemon_factory(workers={"count": 1}, broker={"max_attempts": 2}, limits={"job_timeout_s": 2.0}).start()
-    submit(broker, d, slow_audio, "too-slow")
-    submit(broker, d, JFK.path, "quick")
+def test_a_job_past_its_time_limit_is_killed_retried_then_failed(broker, daemon_factory, slow_job):
+    d = daemon_factory(model=slow_job.section, workers={"count": 1}, broker={"max_attempts": 2},
+                       limits={"job_timeout_s": 4.0}).start()  # fmt: skip
+    submit(broker, d, slow_job.audio, "too-slow")
+    submit(broker, d, SHORT.path, "quick")
     got = {c["task_id"]: c for c in broker.completions(2, 240)}
     assert (got["too-slow"]["status"], got["too-slow"]["error"]["code"]) == ("failed", "attempts_exhausted")
     assert got["quick"]["status"] == "done", json.dumps(got["quick"])
-    assert d.log().count("task too-slow exceeded its time limit of 2 s; killing it") == 2
+    assert d.log().count("task too-slow exceeded its time limit of 4 s; killing it") == 2
     wait_for(lambda: broker.depth(broker.dead_queue)[0] == 1, 20, "the slow job in the dead-letter queue")
 
 

@@ -309,13 +309,13 @@ def test_node_loss_kill_9_of_the_leader_then_a_follower_restart(cluster, queues,
     )
 
 
-def test_a_host_cut_off_mid_job_is_replaced_and_rejoins(cluster, queues, daemon_factory, tmp_path, long_audio,
+def test_a_host_cut_off_mid_job_is_replaced_and_rejoins(cluster, queues, daemon_factory, tmp_path, slow_job,
                                                         request):  # fmt: skip
     why = netns.unavailable()
     if why:
         pytest.skip(f"SKIPPED LOUDLY: the partition test needs network namespaces: {why}")
     shared = shared_storage(tmp_path)
-    shutil.copyfile(long_audio, Path(shared["media_root"]) / "long.wav")
+    shutil.copyfile(slow_job.audio, Path(shared["media_root"]) / "long.wav")
     host = netns.IsolatedHost().create()
     try:
         relayed = [cluster_url(n.port, netns.GATEWAY_ADDR) for n in cluster.nodes]
@@ -324,12 +324,14 @@ def test_a_host_cut_off_mid_job_is_replaced_and_rejoins(cluster, queues, daemon_
         broker = {"heartbeat": HEARTBEAT_S}
         # workers.timeout: the supervisor would replace the worker this test freezes (see below).
         cut_off = daemon_factory(
-            "cut-off", on=queues, broker={**broker, "url": relayed[0], "urls": relayed},
+            "cut-off", on=queues, model=slow_job.section, broker={**broker, "url": relayed[0], "urls": relayed},
             workers={"count": 1, "timeout": 600.0}, storage=shared,
         )  # fmt: skip
         cut_off.launcher = host.launcher
         cut_off.start()
-        other = daemon_factory("other", on=queues, broker={**broker, "urls": cluster.urls}, storage=shared)
+        other = daemon_factory(
+            "other", on=queues, model=slow_job.section, broker={**broker, "urls": cluster.urls}, storage=shared
+        )
         queues.publish({"task_id": "cut-long", "audio_path": "long.wav"})
         [worker] = cut_off.workers()
         wait_for(lambda: title_of(worker).endswith("[busy cut-long]"), 60, "the cut-off host on the long job")

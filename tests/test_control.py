@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 
 import pytest
-from clips import JFK, repeat_audio
+from clips import JFK
 from conftest import REPO, wait_for
 
 from whisperd import config, control
@@ -35,15 +35,9 @@ def status_json(cfg_path) -> dict:
     return json.loads(out.stdout)
 
 
-@pytest.fixture(scope="module")
-def very_long_audio(long_audio, tmp_path_factory) -> Path:
-    """20 minutes of speech: a job that keeps a worker busy while the test looks at it."""
-    return repeat_audio(long_audio, 18, tmp_path_factory.mktemp("audio") / "very-long.wav")
-
-
-def test_status_shows_workers_tasks_and_queue_depths(broker, daemon_factory, very_long_audio, tmp_path):
+def test_status_shows_workers_tasks_and_queue_depths(broker, daemon_factory, slow_job, tmp_path):
     sock = tmp_path / "run" / "control.sock"
-    d = daemon_factory(workers={"count": 2}, control={"socket": str(sock)}).start()
+    d = daemon_factory(model=slow_job.section, workers={"count": 2}, control={"socket": str(sock)}).start()
     assert stat.S_IMODE(os.stat(sock).st_mode) == 0o660
 
     d.stage(JFK.path, "jfk.flac")
@@ -55,7 +49,7 @@ def test_status_shows_workers_tasks_and_queue_depths(broker, daemon_factory, ver
     assert all(w["task"] is None and w["task_elapsed_s"] is None for w in s["workers"])
 
     broker.publish(b"not json: goes to the dead-letter queue")
-    d.stage(very_long_audio, "long.wav")
+    d.stage(slow_job.audio, "long.wav")
     for task_id in ("long-1", "long-2", "waiting-1"):
         broker.publish({"task_id": task_id, "audio_path": "long.wav"})
 

@@ -27,8 +27,9 @@ from typing import Any
 
 import psutil
 import pytest
-from clips import FIXTURE_MODEL, JFK
-from conftest import BROKER_URL, REPO, BrokerClient, wait_for, write_toml
+from clips import JFK
+from conftest import BROKER_URL, REPO, BrokerClient, SlowJob, wait_for, write_toml
+from real_weights import RealWeights
 
 CACHE = Path(os.environ.get("WHISPERD_TEST_CACHE", "/var/cache/whisperd-test"))
 MIRROR = os.environ.get("WHISPERD_TEST_MIRROR", "http://deb.debian.org/debian")
@@ -36,7 +37,8 @@ SUITE = "bookworm"
 # Besides the package's own Depends: an init, D-Bus for systemctl's niceties, ps for titles.
 BASE_PACKAGES = ("systemd", "systemd-sysv", "dbus", "procps")
 CONTAINER_PATH = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
-MODEL_IN_CONTAINER = "/usr/local/share/whisperd-test/fixture-model.pt"
+# Real weights (tiny.en): the package runs real Whisper, and a long job really takes time.
+MODEL_IN_CONTAINER = "/usr/local/share/whisperd-test/tiny.en.pt"
 DEB_IN_CONTAINER = "/root/whisperd.deb"
 MAX_EXPOSURE = 2.0
 
@@ -284,7 +286,7 @@ def service_config(queues: BrokerClient, count: int) -> dict[str, dict[str, Any]
 
 
 @pytest.fixture(scope="module")
-def box(deb: Path, queues: BrokerClient) -> Iterator[Container]:
+def box(deb: Path, queues: BrokerClient, real_weights: RealWeights) -> Iterator[Container]:
     """A booted container with the host's .deb installed over an existing config (as on migration)."""
     ensure_tools()
     depends = run(["dpkg-deb", "-f", str(deb), "Depends"], 60).stdout
@@ -295,7 +297,7 @@ def box(deb: Path, queues: BrokerClient) -> Iterator[Container]:
     try:
         shutil.copyfile(deb, c.path(DEB_IN_CONTAINER))
         c.path(MODEL_IN_CONTAINER).parent.mkdir(parents=True)
-        shutil.copyfile(FIXTURE_MODEL, c.path(MODEL_IN_CONTAINER))
+        shutil.copyfile(real_weights.checkpoint("tiny.en"), c.path(MODEL_IN_CONTAINER))
         c.path("/etc/whisperd").mkdir()
         write_toml(c.path("/etc/whisperd/whisperd.toml"), service_config(queues, 1))
         c.boot()
@@ -452,19 +454,9 @@ def test_unit_settings_and_security_exposure(installed: Container) -> None:
     assert readme and float(readme.group(1)) == exposure, "the README's figure is not what the package measures"
 
 
-@pytest.fixture(scope="module")
-def long_job_audio(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """jfk.flac thirty times (5.5 min): several seconds of work even on an idle machine, time enough
-    to stop the service mid-job, well inside the drain timeout."""
-    out = tmp_path_factory.mktemp("deb-audio") / "long.wav"
-    run(["ffmpeg", "-nostdin", "-loglevel", "error", "-stream_loop", "29", "-i", str(JFK.path),
-         "-ar", "16000", "-ac", "1", str(out)], 120)  # fmt: skip
-    return out
-
-
-def test_stop_drains_the_job_in_flight(installed: Container, queues: BrokerClient, long_job_audio: Path) -> None:
+def test_stop_drains_the_job_in_flight(installed: Container, queues: BrokerClient, slow_job: SlowJob) -> None:
     c = installed
-    shutil.copyfile(long_job_audio, c.path("/var/lib/whisperd/media/deb-test-long.wav"))
+    shutil.copyfile(slow_job.audio, c.path("/var/lib/whisperd/media/deb-test-long.wav"))
     task = f"deb-long-{uuid.uuid4().hex[:6]}"
     queues.publish({"task_id": task, "audio_path": "deb-test-long.wav"})
     wait_for(lambda: any(f"[busy {task}]" in t for _, t in c.workers()), 60, f"a worker busy with {task}")

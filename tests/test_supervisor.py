@@ -43,9 +43,9 @@ def test_notify_protocol_titles_and_no_torch_in_the_supervisor(broker, daemon_fa
     assert senders == {d.pid}, f"notifications from {senders}, supervisor is {d.pid}"
 
 
-def test_kill_9_of_a_busy_worker_replaces_it_and_the_job_completes_once(broker, daemon_factory, slow_audio):
-    d = daemon_factory(workers={"count": 1}).start()
-    submit(broker, d, slow_audio, "killed-job")
+def test_kill_9_of_a_busy_worker_replaces_it_and_the_job_completes_once(broker, daemon_factory, slow_job):
+    d = daemon_factory(model=slow_job.section, workers={"count": 1}).start()
+    submit(broker, d, slow_job.audio, "killed-job")
     victim = d.busy_worker()
     victim.send_signal(signal.SIGKILL)
     wait_for(lambda: [w.pid for w in d.workers()] not in ([], [victim.pid]), 30, "a replacement worker")
@@ -81,9 +81,9 @@ def test_reload_scales_2_to_4_to_1_without_losing_jobs(broker, daemon_factory):
     assert "scaled down" in d.log()
 
 
-def test_sigterm_during_a_job_drains_it_and_exits_0(broker, daemon_factory, long_audio):
-    d = daemon_factory(workers={"count": 1, "drain_timeout": 120.0}).start()
-    submit(broker, d, long_audio, "drain-me")
+def test_sigterm_during_a_job_drains_it_and_exits_0(broker, daemon_factory, slow_job):
+    d = daemon_factory(model=slow_job.section, workers={"count": 1, "drain_timeout": 120.0}).start()
+    submit(broker, d, slow_job.audio, "drain-me")
     d.busy_worker()
     d.signal(signal.SIGTERM)
     assert d.wait_exit(120) == 0
@@ -93,9 +93,9 @@ def test_sigterm_during_a_job_drains_it_and_exits_0(broker, daemon_factory, long
     assert "EXTEND_TIMEOUT_USEC=125000000" in "\n".join(d.notify.lines())
 
 
-def test_memory_limit_recycles_a_worker_after_its_job(broker, daemon_factory, slow_audio):
-    d = daemon_factory(workers={"count": 1}).start()
-    submit(broker, d, slow_audio, "big")
+def test_memory_limit_recycles_a_worker_after_its_job(broker, daemon_factory, slow_job):
+    d = daemon_factory(model=slow_job.section, workers={"count": 1}).start()
+    submit(broker, d, slow_job.audio, "big")
     first = d.busy_worker()
     d.configure(workers={"max_rss_mb": 50})
     d.signal(signal.SIGHUP)
@@ -170,9 +170,9 @@ def test_reload_rolls_workers_on_model_change_and_keeps_running_on_a_bad_config(
     assert c["status"] == "done"
 
 
-def test_sigquit_stops_at_once_and_the_job_in_flight_goes_back_to_the_queue(broker, daemon_factory, slow_audio):
-    d = daemon_factory(workers={"count": 1, "drain_timeout": 600.0}).start()
-    submit(broker, d, slow_audio, "quit-me")
+def test_sigquit_stops_at_once_and_the_job_in_flight_goes_back_to_the_queue(broker, daemon_factory, slow_job):
+    d = daemon_factory(model=slow_job.section, workers={"count": 1, "drain_timeout": 600.0}).start()
+    submit(broker, d, slow_job.audio, "quit-me")
     [worker] = [d.busy_worker()]
     d.signal(signal.SIGQUIT)
     assert d.wait_exit(15) == 0
