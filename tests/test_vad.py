@@ -101,8 +101,8 @@ def transcriber(tmp_path_factory):
 
 @pytest.fixture
 def spy(transcriber, monkeypatch):
-    s = Spy(transcriber.model)
-    monkeypatch.setattr(transcriber.model, "transcribe", s)
+    s = Spy(transcriber.engine.model)
+    monkeypatch.setattr(transcriber.engine.model, "transcribe", s)
     return s
 
 

@@ -167,6 +167,10 @@ class TaskStore:
             record["history"] = [*record["history"], {"state": c.status, "at": at}][-HISTORY:]
             if c.status in FINAL:
                 record["completion"] = dataclasses.asdict(c)
+                record.pop("progress", None)
+            elif c.progress is not None:  # events.progress: how far the worker is
+                record["progress"] = {"fraction": c.progress, "audio_done_s": c.audio_done_s,
+                                      "duration_s": c.duration_s}  # fmt: skip
             self._put(record)
             return record
 
@@ -246,6 +250,9 @@ def parse_completion(body: bytes) -> Completion:
             _text(v, f"error.{k}")
     c.duration_s = _seconds(c.duration_s, "duration_s")
     c.processing_s = _seconds(c.processing_s, "processing_s")
+    c.audio_done_s = _seconds(c.audio_done_s, "audio_done_s")
+    if c.progress is not None and not 0 <= c.progress <= 1:
+        raise ValueError("progress must be between 0 and 1")
     return c
 
 
@@ -446,6 +453,7 @@ def view(record: dict[str, Any], base_url: str) -> dict[str, Any]:
         "processing_s": c.get("processing_s"),
         "error": c.get("error"),
         "results": {fmt: f"{base_url}transcriptions/{task_id}/result.{fmt}" for fmt in c.get("results") or {}},
+        "progress": record.get("progress"),
         "history": record.get("history", []),
     }
 

@@ -100,12 +100,18 @@ def _model_settings(args: argparse.Namespace) -> config_mod.ModelConfig:
         model.download_root = str(args.root.resolve())
     if getattr(args, "mirror", None):
         model.mirror = args.mirror
+    if getattr(args, "engine", None):
+        model.engine = args.engine
     return model
 
 
 def cmd_model_fetch(args: argparse.Namespace) -> int:
     model = _model_settings(args)
     try:
+        if model.engine == "faster-whisper":
+            path = models.fetch_ctranslate2(args.name, Path(model.download_root))
+            print(f"{path}/: installed ({sum(f.stat().st_size for f in path.iterdir()) / 1e6:.1f} MB)")
+            return 0
         path = models.fetch(args.name, Path(model.download_root), args.url, model.mirror)
     except models.ModelError as e:
         print(f"whisperd: {e}", file=sys.stderr)
@@ -119,13 +125,13 @@ def cmd_model_list(args: argparse.Namespace) -> int:
     root = Path(model.download_root)
     found = models.installed(root)
     if found:
-        print(f"{'NAME':<16} {'SIZE':>10}  {'CHECKSUM':<10} FILE")
+        print(f"{'NAME':<16} {'ENGINE':<15} {'SIZE':>10}  {'CHECKSUM':<10} PATH")
         for m in found:
-            print(f"{m.name:<16} {m.size / 1e6:>7.1f} MB  {m.checksum:<10} {m.path}")
+            print(f"{m.name:<16} {m.engine:<15} {m.size / 1e6:>7.1f} MB  {m.checksum:<10} {m.path}")
     else:
         print(f"no models in {root}")
     missing = models.missing_reason(model)
-    if not models.model_path(model).is_file():
+    if not models.is_installed(model):
         print(f"model.name = {model.name!r}: not installed" + (f" ({missing})" if missing else ", fetched on start"))
     return 1 if any(m.checksum == "MISMATCH" for m in found) else 0
 
@@ -176,6 +182,11 @@ def parser() -> argparse.ArgumentParser:
     fetch.add_argument("name", metavar="NAME", help="a whisper model name (base, small, large-v3, turbo...)")
     fetch.add_argument("--url", help="download from this URL instead; its path must end in /<sha256>/<file>.pt")
     fetch.add_argument("--mirror", help="base URL of a mirror laid out as OpenAI's (default: model.mirror)")
+    fetch.add_argument(
+        "--engine",
+        choices=config_mod.ENGINES,
+        help="whose model: a .pt checkpoint or a CTranslate2 directory from the model hub (default: model.engine)",
+    )
     listing = model_sub.add_parser("list", help="installed models, their size and checksum state")
     for sp, func in ((fetch, cmd_model_fetch), (listing, cmd_model_list)):
         sp.add_argument("--config", help=config_help)

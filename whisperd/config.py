@@ -19,6 +19,10 @@ from urllib.parse import urlparse
 DEFAULT_PATH = Path("/etc/whisperd/whisperd.toml")
 ENV_VAR = "WHISPERD_CONFIG"
 FORMATS = ("json", "txt", "srt", "vtt", "tsv")
+ENGINES = ("openai-whisper", "faster-whisper")
+# CTranslate2 compute types (faster-whisper); auto = int8 on a CPU, float16 on a GPU.
+COMPUTE_TYPES = ("auto", "int8", "int8_float32", "int8_float16", "int8_bfloat16", "int16", "float16", "bfloat16",
+                 "float32")  # fmt: skip
 
 
 class ConfigError(ValueError):
@@ -114,12 +118,14 @@ class BrokerConfig:
 
 @dataclass
 class ModelConfig:
+    engine: str = key("openai-whisper", lambda v: v in ENGINES, f"must be one of {list(ENGINES)}")
     name: str = key("small", lambda v: bool(v.strip()), "must not be empty")
     download_root: str = key("/var/lib/whisperd/models")
     device: str = key("auto", _device, "must be auto, cpu, cuda or cuda:N")
     fp16: bool = key(True)
     download: bool = key(True)
     mirror: str = key("", _http_url_or_empty, "must be an http:// or https:// URL, or empty for OpenAI's")
+    compute_type: str = key("auto", lambda v: v in COMPUTE_TYPES, f"must be one of {list(COMPUTE_TYPES)}")
 
 
 @dataclass

@@ -237,6 +237,8 @@ class Completion:
     error: dict[str, str] | None = None
     worker: str | None = None
     speech_s: float | None = None
+    progress: float | None = None  # processing events: the fraction of the audio transcribed so far, 0-1
+    audio_done_s: float | None = None  # processing events: seconds of the audio transcribed so far
 
     @classmethod
     def failure(cls, err: JobError, worker: str, processing_s: float | None = None) -> Completion:
@@ -283,4 +285,6 @@ _COMPLETION_TYPES: dict[str, tuple[type, ...]] = {
     "error": (dict, type(None)),
     "worker": (str, type(None)),
     "speech_s": _NUMBER,
+    "progress": _NUMBER,
+    "audio_done_s": _NUMBER,
 }

@@ -1,12 +1,15 @@
-"""Whisper checkpoints on disk: where the configured model lives, fetching one, listing what is installed.
+"""Models on disk: where the configured model lives, fetching one, listing what is installed.
 
-Named models live in ``model.download_root`` under whisper's own file names (``base.pt``,
-``large-v3.pt``...). A fetched file gets a ``<file>.sha256`` beside it (``sha256sum`` format),
-so a copy carried to a machine without network can be checked there (``whisperd model list``).
+openai-whisper's named models live in ``model.download_root`` under whisper's own file names
+(``base.pt``, ``large-v3.pt``...); faster-whisper's are CTranslate2 directories there, named
+``faster-whisper-<name>/`` (``model.bin``, ``config.json``, the tokenizer), as the model hub
+ships them. A fetched model gets a ``.sha256`` beside its weights (``sha256sum`` format), so a
+copy carried to a machine without network can be checked there (``whisperd model list``).
 
-The supervisor imports this module for its start-up check and must never import torch, so
-whisper's catalogue (``whisper._MODELS``: name -> URL whose path carries the file's SHA-256) is
-read from whisper's source instead of imported. Only ``fetch`` and ``load`` import whisper.
+The supervisor imports this module for its start-up check and must never import torch or
+ctranslate2, so the engines' catalogues (``whisper._MODELS``: name -> URL whose path carries the
+file's SHA-256; ``faster_whisper.utils._MODELS``: name -> hub repository) are read from their
+source instead of imported. Only ``fetch`` and ``load`` import an engine.
 """
 
 from __future__ import annotations
@@ -33,17 +36,35 @@ class ModelError(RuntimeError):
     """The model cannot be used or fetched; str() is the message for the operator."""
 
 
+CT2_PREFIX = "faster-whisper-"  # a named CTranslate2 model's directory, as the hub names its repositories
+CT2_WEIGHTS = "model.bin"
+
+
 @functools.cache
-def catalogue() -> dict[str, str]:
-    """whisper's ``_MODELS`` (name -> download URL), read from its source without importing torch."""
-    spec = importlib.util.find_spec("whisper")
+def _models_table(module: str) -> dict[str, str]:
+    """``_MODELS`` of ``module``, read from its source: importing it would import torch or ctranslate2."""
+    spec = importlib.util.find_spec(module)
     if spec is None or spec.origin is None:
-        raise ModelError("openai-whisper is not installed")
+        raise ModelError(f"{module.split('.')[0]} is not installed")
     tree = ast.parse(Path(spec.origin).read_text(encoding="utf-8"))
     for node in tree.body:
         if isinstance(node, ast.Assign) and any(getattr(t, "id", None) == "_MODELS" for t in node.targets):
             return ast.literal_eval(node.value)
-    raise ModelError(f"{spec.origin}: whisper's model catalogue (_MODELS) not found")
+    raise ModelError(f"{spec.origin}: the model catalogue (_MODELS) not found")
+
+
+def catalogue() -> dict[str, str]:
+    """whisper's ``_MODELS``: name -> download URL."""
+    return _models_table("whisper")
+
+
+def hub_catalogue() -> dict[str, str]:
+    """faster-whisper's ``_MODELS``: name -> model hub repository of its CTranslate2 conversion."""
+    return _models_table("faster_whisper.utils")
+
+
+def is_ctranslate2(cfg: ModelConfig) -> bool:
+    return cfg.engine == "faster-whisper"
 
 
 def is_path(name: str) -> bool:
@@ -58,7 +79,24 @@ def file_name(name: str) -> str:
 
 
 def model_path(cfg: ModelConfig) -> Path:
-    return Path(cfg.name) if is_path(cfg.name) else Path(cfg.download_root) / file_name(cfg.name)
+    """The configured model's checkpoint file (openai-whisper) or CTranslate2 directory (faster-whisper)."""
+    if is_path(cfg.name):
+        return Path(cfg.name)
+    if is_ctranslate2(cfg):
+        return Path(cfg.download_root) / f"{CT2_PREFIX}{cfg.name}"
+    return Path(cfg.download_root) / file_name(cfg.name)
+
+
+def is_installed(cfg: ModelConfig) -> bool:
+    path = model_path(cfg)
+    return (path / CT2_WEIGHTS).is_file() if is_ctranslate2(cfg) else path.is_file()
+
+
+def compute_type(cfg: ModelConfig, device: str) -> str:
+    """CTranslate2's compute type: ``auto`` is int8 on a CPU, float16 on a GPU."""
+    if cfg.compute_type != "auto":
+        return cfg.compute_type
+    return "float16" if device.startswith("cuda") else "int8"
 
 
 def sha256_in_url(url: str) -> str:
@@ -107,27 +145,32 @@ def checksum_state(path: Path, name: str | None) -> str:
     return "ok" if sha256_of(path) == expected else "MISMATCH"
 
 
-def fetch_command(name: str) -> str:
-    return f"whisperd model fetch {name}"
+def fetch_command(name: str, engine: str = "openai-whisper") -> str:
+    return f"whisperd model fetch {name}" + (f" --engine {engine}" if engine != "openai-whisper" else "")
 
 
 def missing_reason(cfg: ModelConfig) -> str | None:
     """Why the configured model cannot be loaded at start, or None (installed, or fetched on start)."""
     path = model_path(cfg)
-    if path.is_file():
+    if is_installed(cfg):
         return None
     if is_path(cfg.name):
+        if is_ctranslate2(cfg) and path.is_dir():
+            return f"model.name: {path} is not a CTranslate2 model directory (no {CT2_WEIGHTS})"
         return f"model.name: {path} does not exist"
-    if cfg.name not in catalogue():
-        return (
-            f"model.name: {cfg.name!r} is not a whisper model name ({', '.join(catalogue())}) and {path} does not exist"
-        )
+    known = hub_catalogue() if is_ctranslate2(cfg) else catalogue()
+    if cfg.name not in known:
+        names = ", ".join(known)
+        kind = "faster-whisper" if is_ctranslate2(cfg) else "whisper"
+        return f"model.name: {cfg.name!r} is not a {kind} model name ({names}) and {path} does not exist"
     if cfg.download:
         return None
+    command = fetch_command(cfg.name, cfg.engine)
+    what = f"the directory {path.name}/" if is_ctranslate2(cfg) else f"{path.name} and {path.name}.sha256"
     return (
         f"model {cfg.name!r} is not installed: {path} does not exist and model.download = false. "
-        f"Copy {path.name} and {path.name}.sha256 into {path.parent}/ (fetch them on a machine with "
-        f"network: `{fetch_command(cfg.name)} --root DIR`), or run `{fetch_command(cfg.name)}` here"
+        f"Copy {what} into {path.parent}/ (fetch on a machine with network: `{command} --root DIR`), "
+        f"or run `{command}` here"
     )
 
 
@@ -171,23 +214,71 @@ def _write_sidecar(path: Path, digest: str) -> None:
     os.replace(tmp, _sidecar(path))
 
 
+def fetch_ctranslate2(name: str, root: Path) -> Path:
+    """Download faster-whisper's CTranslate2 model ``name`` from the model hub into
+    ``root/faster-whisper-<name>/``, atomically, and record its weights' SHA-256 beside them."""
+    from faster_whisper.utils import download_model
+
+    if name not in hub_catalogue():
+        raise ModelError(f"{name!r} is not a faster-whisper model name ({', '.join(hub_catalogue())})")
+    target = root / f"{CT2_PREFIX}{name}"
+    if (target / CT2_WEIGHTS).is_file():
+        return target
+    root.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".fetch-", dir=root))
+    try:
+        download_model(name, output_dir=str(tmp))
+        weights = tmp / CT2_WEIGHTS
+        _write_sidecar(weights, sha256_of(weights))
+        os.replace(tmp, target)
+    except Exception as e:  # huggingface_hub raises its own errors for no network, 404, ...
+        raise ModelError(f"{hub_catalogue()[name]}: download failed: {e}") from None
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return target
+
+
 @dataclass(frozen=True)
 class Installed:
     name: str
+    engine: str
     path: Path
     size: int
     checksum: str
 
 
 def installed(root: Path) -> list[Installed]:
-    """Every checkpoint in ``root``, with its checksum state (reads each file once)."""
+    """Every model in ``root`` (checkpoints and CTranslate2 directories), with its checksum state
+    (reads each file once)."""
     if not root.is_dir():
         return []
-    return [
-        Installed(path.stem, path, path.stat().st_size, checksum_state(path, path.stem))
+    found = [
+        Installed(path.stem, "openai-whisper", path, path.stat().st_size, checksum_state(path, path.stem))
         for path in sorted(root.glob("*.pt"))
         if path.is_file()
     ]
+    for weights in sorted(root.glob(f"*/{CT2_WEIGHTS}")):
+        directory = weights.parent
+        size = sum(f.stat().st_size for f in directory.iterdir() if f.is_file())
+        name = directory.name.removeprefix(CT2_PREFIX)
+        found.append(Installed(name, "faster-whisper", directory, size, checksum_state(weights, None)))
+    return found
+
+
+def ctranslate2_dir(cfg: ModelConfig) -> Path:
+    """The configured CTranslate2 model directory, fetched first when allowed and checked."""
+    path = model_path(cfg)
+    if not is_installed(cfg):
+        reason = missing_reason(cfg)
+        if reason:
+            raise ModelError(reason)
+        return fetch_ctranslate2(cfg.name, Path(cfg.download_root))
+    if checksum_state(path / CT2_WEIGHTS, None) == "MISMATCH":
+        raise ModelError(
+            f"{path / CT2_WEIGHTS}: SHA-256 does not match {expected_sha256(path / CT2_WEIGHTS, None)}: the file "
+            "is damaged; delete the directory and fetch it again"
+        )
+    return path
 
 
 def load(cfg: ModelConfig, device: str) -> Any:

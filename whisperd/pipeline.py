@@ -7,6 +7,7 @@ never crash the worker or loop in the queue.
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
 from collections.abc import Callable
@@ -45,7 +46,14 @@ class Pipeline:
         self.worker_name = worker_name
         self.threads = threads
 
-    def run(self, body: bytes, on_started: Callable[[Job, float], None] | None = None) -> Outcome:
+    def run(
+        self,
+        body: bytes,
+        on_started: Callable[[Job, float], None] | None = None,
+        on_progress: Callable[[Job, float, float], None] | None = None,
+    ) -> Outcome:
+        """``on_started(job, duration_s)`` once the audio is decoded; ``on_progress(job, duration_s,
+        fraction)`` as the engine gets through it (the caller throttles)."""
         started = time.monotonic()
         try:
             job = parse_job(body, tuple(self.cfg.transcribe.formats), self.cfg.limits.max_job_bytes)
@@ -65,7 +73,7 @@ class Pipeline:
                     "moving it to the dead-letter queue",
                     job.task_id,
                 )
-            outcome = Outcome(self._transcribe(job, started, on_started))
+            outcome = Outcome(self._transcribe(job, started, on_started, on_progress))
         except JobError as e:
             outcome = self._failed(e, started)
             if e.code == ErrorCode.ATTEMPTS_EXHAUSTED:
@@ -88,7 +96,13 @@ class Pipeline:
                 return None
             raise
 
-    def _transcribe(self, job: Job, started: float, on_started: Callable[[Job, float], None] | None) -> Completion:
+    def _transcribe(
+        self,
+        job: Job,
+        started: float,
+        on_started: Callable[[Job, float], None] | None,
+        on_progress: Callable[[Job, float, float], None] | None,
+    ) -> Completion:
         self.transcriber.check(job)
         with self._open(job) as f:
             audio = media.decode(f, self.cfg.limits.max_duration_s, job.task_id, self.threads)
@@ -97,7 +111,8 @@ class Pipeline:
         if on_started:
             on_started(job, duration)
         try:
-            result = self.transcriber.transcribe(audio, job, self.cfg.transcribe)
+            progress = functools.partial(on_progress, job, duration) if on_progress else None
+            result = self.transcriber.transcribe(audio, job, self.cfg.transcribe, progress)
         except (MemoryError, JobError):
             raise
         except Exception as e:  # a model error on this input: report it, keep serving

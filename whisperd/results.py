@@ -93,8 +93,9 @@ class ResultStore:
 
     def write(self, task_id: str, result: dict[str, Any], formats: tuple[str, ...]) -> dict[str, str]:
         """Write each format with whisper's writer; return format -> path."""
-        from whisper.utils import get_writer
+        from whisperd import whisper_modules
 
+        get_writer = whisper_modules.load("utils").get_writer
         paths = {}
         for fmt in formats:
             path = self.path(task_id, fmt)

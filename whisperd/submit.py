@@ -105,11 +105,14 @@ def submit(
         publisher.close()
 
 
+PROGRESS_STEPS = 1000  # a bar's resolution
+
+
 class Progress:
     """One tqdm bar per file: queued, then "En curso" when a worker starts it, then done or failed.
 
-    Whisper does not report progress inside a file, so a bar fills when its file is finished;
-    the elapsed time and the state are what move while waiting.
+    With ``events.progress`` the worker's processing events carry the share of the audio done
+    (every few seconds), and the bar follows it; otherwise it fills when its file is finished.
     """
 
     def __init__(self, submitted: list[Submitted], enabled: bool | None) -> None:
@@ -117,7 +120,7 @@ class Progress:
         self.names = {s.task_id: s.source.name for s in submitted}
         self.bars = {
             s.task_id: tqdm(
-                total=1,
+                total=PROGRESS_STEPS,
                 desc=self._desc(s.task_id, "En proceso (queued)"),
                 position=i,
                 bar_format="{desc} |{bar:20}| {elapsed}",
@@ -135,8 +138,14 @@ class Progress:
         return sys.stderr.isatty() if setting is None else setting
 
     def started(self, task_id: str, c: Completion) -> None:
+        """A processing event: the job started, or got further (``progress``)."""
+        bar = self.bars[task_id]
         audio = f" {c.duration_s:.1f} s audio" if c.duration_s is not None else ""
-        self.bars[task_id].set_description_str(self._desc(task_id, f"En curso:{audio}"))
+        done = f" {c.progress:.0%}" if c.progress else ""
+        bar.set_description_str(self._desc(task_id, f"En curso:{audio}{done}"), refresh=False)
+        if c.progress is not None:
+            bar.update(max(0, min(PROGRESS_STEPS - 1, int(c.progress * PROGRESS_STEPS)) - bar.n))
+        bar.refresh()
 
     def finished(self, task_id: str, c: Completion) -> None:
         bar = self.bars[task_id]
@@ -145,7 +154,7 @@ class Progress:
         else:
             state = f"done in {c.processing_s or 0:.1f} s"
         bar.set_description_str(self._desc(task_id, state), refresh=False)
-        bar.update(1)
+        bar.update(PROGRESS_STEPS - bar.n)
 
     def tick(self) -> None:
         """Redraw the bars still waiting, so their elapsed time moves."""

@@ -37,6 +37,7 @@ log = logging.getLogger("whisperd.worker")
 WORKER_BOOT_ERROR = 3
 DEPTH_EVERY_S = 5.0  # how often a worker reports queue depths (for `whisperd status` and metrics)
 REQUEUE_DELAY_S = 1.0
+PROGRESS_INTERVAL_S = 5.0  # processing events with events.progress: at most one per this many seconds
 
 
 @dataclass
@@ -80,6 +81,7 @@ class Worker:
         self.done = 0
         self.failed = 0
         self.jobs_seen = 0
+        self.progress_sent = 0.0  # when the last processing event went out (monotonic)
         self.max_jobs = (
             cfg.workers.max_jobs + random.randint(0, cfg.workers.max_jobs_jitter) if cfg.workers.max_jobs else 0
         )
@@ -335,7 +337,11 @@ class Worker:
         self._title(f"busy {task_id or '?'}")
         # The deadline runs from now, decoding included; it grows once the audio's length is known.
         self.report.send(state="busy", task=task_id, since=time.time(), deadline=job_deadline_s(self.cfg, 0.0))
-        outcome = self.pipeline.run(d.body, on_started=functools.partial(self._on_started, job_props=d.props))
+        outcome = self.pipeline.run(
+            d.body,
+            on_started=functools.partial(self._on_started, job_props=d.props),
+            on_progress=functools.partial(self._on_progress, job_props=d.props),
+        )
         self._report_job(outcome)
         self._hand_back(d, outcome.completion, ack=outcome.ack, reason=outcome.reason)
 
@@ -351,10 +357,34 @@ class Worker:
 
     def _on_started(self, job: Job, duration_s: float, job_props: pika.BasicProperties | None = None) -> None:
         self.report.send(deadline=job_deadline_s(self.cfg, duration_s), duration_s=duration_s)
+        self.progress_sent = time.monotonic()
         if self.cfg.events.progress:
-            note = Completion(task_id=job.task_id, status=PROCESSING, duration_s=round(duration_s, 3), worker=self.name)
-            # Also to reply_to, with the job's correlation_id: an RPC-style caller sees "processing" too.
-            self._call_in_io_thread(functools.partial(self._publish_completion, self.channel, note, job_props))
+            self._publish_progress(job, duration_s, 0.0, job_props)
+
+    def _on_progress(
+        self, job: Job, duration_s: float, fraction: float, job_props: pika.BasicProperties | None = None
+    ) -> None:
+        """A ``processing`` event with the share done, at most every PROGRESS_INTERVAL_S and not at the end
+        (the completion follows at once)."""
+        if not self.cfg.events.progress or fraction >= 1.0:
+            return
+        if time.monotonic() - self.progress_sent >= PROGRESS_INTERVAL_S:
+            self.progress_sent = time.monotonic()
+            self._publish_progress(job, duration_s, fraction, job_props)
+
+    def _publish_progress(
+        self, job: Job, duration_s: float, fraction: float, job_props: pika.BasicProperties | None
+    ) -> None:
+        note = Completion(
+            task_id=job.task_id,
+            status=PROCESSING,
+            duration_s=round(duration_s, 3),
+            worker=self.name,
+            progress=round(fraction, 3),
+            audio_done_s=round(fraction * duration_s, 1),
+        )
+        # Also to reply_to, with the job's correlation_id: an RPC-style caller sees "processing" too.
+        self._call_in_io_thread(functools.partial(self._publish_completion, self.channel, note, job_props))
 
     def _hand_back(self, d: Delivery, completion: Completion | None, ack: bool, reason: str | None = None) -> None:
         if completion is not None:
