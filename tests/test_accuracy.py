@@ -60,9 +60,7 @@ class Models:
     weights: Any
 
     def section(self, name: str) -> dict[str, str]:
-        if self.engine == "faster-whisper":
-            return {"engine": self.engine, "name": str(self.weights.ctranslate2_dir(name))}
-        return {"engine": self.engine, "name": str(self.weights.checkpoint(name))}
+        return self.weights.section(name, self.engine)
 
 
 @pytest.fixture(scope="module", params=ENGINES)

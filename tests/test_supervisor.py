@@ -21,7 +21,7 @@ def test_notify_protocol_titles_and_no_torch_in_the_supervisor(broker, daemon_fa
     assert "libtorch" not in maps and "libcuda" not in maps
     assert sup.memory_info().rss < 60 * 2**20
     threads = max(1, len(os.sched_getaffinity(0)) // 2)
-    assert d.log().count(f"loaded on cpu with {threads} threads") == 2
+    assert d.log().count(f"loaded by openai-whisper on cpu with {threads} threads") == 2
     submit(broker, d, JFK.path, "n1")
     broker.completions(1, 60)
     wait_for(lambda: any(s.startswith("0/2 busy, 1 done") for s in d.notify.statuses()), 10, "STATUS with 1 done")

@@ -175,13 +175,14 @@ def test_gate_off_sends_the_silence_to_whisper(broker, daemon_factory):
     assert done["language"] is not None  # only Whisper's language detection sets it
 
 
-# The real-weights tier: OpenAI's base through the real daemon.
+# The real-weights tier: OpenAI's base through the real daemon, on each engine (faster-whisper
+# gates with its own VAD, the same Silero model and settings).
 
 
-@pytest.fixture(scope="module")
-def base_daemon(real_weights, tmp_path_factory):
+@pytest.fixture(scope="module", params=["openai-whisper", "faster-whisper"])
+def base_daemon(request, real_weights, tmp_path_factory):
     client = BrokerClient(f"test-{uuid.uuid4().hex[:10]}")
-    d = Daemon(tmp_path_factory.mktemp("base"), client, model={"name": str(real_weights.checkpoint("base"))})
+    d = Daemon(tmp_path_factory.mktemp("base"), client, model=real_weights.section("base", request.param))
     d.start(timeout=600)
     yield d, client
     d.stop()

@@ -14,6 +14,7 @@ neither torch nor ctranslate2.
 from __future__ import annotations
 
 import os
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -94,7 +95,6 @@ class OpenAIWhisper(Engine):
         super().__init__(cfg, threads, device)
         import torch
         import whisper
-        import whisper.transcribe
 
         self._torch = torch
         self._whisper = whisper
@@ -106,7 +106,8 @@ class OpenAIWhisper(Engine):
         self._progress: Progress | None = None
         # whisper reports its progress through tqdm only: this process's transcribe() gets a bar
         # that forwards it (one job thread per worker process, so one job at a time).
-        whisper.transcribe.tqdm = _TqdmModule(self)
+        # (``whisper.transcribe`` is the function; the module is only reachable through sys.modules.)
+        sys.modules["whisper.transcribe"].tqdm = _TqdmModule(self)
 
     def set_threads(self, threads: int) -> None:
         self.threads = threads

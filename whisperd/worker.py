@@ -135,8 +135,9 @@ class Worker:
         if swept := store.sweep_stale_temp_files():
             log.info("%s: removed %d temp files left by killed workers", self.label, swept)
         log.info(
-            "%s: model %s loaded on %s with %d threads in %.1f s",
-            self.label, self.cfg.model.name, transcriber.device, self.threads, time.monotonic() - started,
+            "%s: model %s loaded by %s on %s with %d threads in %.1f s",
+            self.label, self.cfg.model.name, transcriber.engine.name, transcriber.device, self.threads,
+            time.monotonic() - started,
         )  # fmt: skip
         self.report.send(device=transcriber.device)
         return Pipeline(self.cfg, transcriber, store, self.name, self.label, self.threads)
