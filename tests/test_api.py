@@ -15,7 +15,7 @@ from api_process import Api
 from clips import JFK, SPANISH
 from conftest import wait_for
 
-from whisperd.api import TaskStore
+from whisperd.api import TaskStore, view
 from whisperd.contract import Completion
 
 
@@ -121,6 +121,18 @@ def test_a_late_processing_event_never_undoes_a_result(tmp_path):
     assert record["state"] == "done" and record["completion"]["text"] == "hola"
     assert [h["state"] for h in record["history"]] == ["queued", "done"]
     assert sorted(os.listdir(tmp_path)) == ["t1.json"], "no temp files left behind"
+
+
+def test_processing_events_show_how_far_the_worker_is_until_the_result(tmp_path):
+    store = TaskStore(str(tmp_path))
+    store.create("t1", "a.wav", "uploads/t1.wav")
+    store.apply(Completion("t1", "processing", duration_s=600.0, progress=0.0, audio_done_s=0.0))
+    store.apply(Completion("t1", "processing", duration_s=600.0, progress=0.25, audio_done_s=150.0))
+    shown = view(store.get("t1"), "http://x/")
+    assert (shown["status"], shown["progress"]) == ("En curso", {"fraction": 0.25, "audio_done_s": 150.0,
+                                                                  "duration_s": 600.0})  # fmt: skip
+    store.apply(Completion("t1", "done", text="hola"))
+    assert view(store.get("t1"), "http://x/")["progress"] is None
 
 
 def test_a_task_keeps_a_bounded_history(tmp_path):

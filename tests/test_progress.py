@@ -6,7 +6,11 @@ import json
 from pathlib import Path
 
 import jsonschema
+import pytest
 from clips import JFK
+from conftest import submit
+
+from whisperd import worker
 
 SCHEMA = json.loads((Path(__file__).resolve().parent.parent / "whisperd/schema/completion.schema.json").read_text())
 
@@ -42,3 +46,23 @@ def test_no_processing_message_by_default(broker, daemon):
     [c] = broker.completions(1, 60)
     assert c["status"] == "done"
     assert broker.get(broker.result_queue, 2) is None
+
+
+@pytest.mark.parametrize("engine", ["openai-whisper", "faster-whisper"])
+def test_a_long_job_reports_how_far_it_is_every_few_seconds(broker, daemon_factory, real_weights, slow_job, engine):
+    model = slow_job.section if engine == "openai-whisper" else real_weights.section("base", engine)
+    d = daemon_factory(model=model, events={"progress": True}).start(timeout=300)
+    submit(broker, d, slow_job.audio, "long")
+    got = broker.completions(1, 600)
+    while got[-1]["status"] == "processing":
+        got += broker.completions(1, 600)
+    *notes, done = got
+    for c in got:
+        jsonschema.validate(c, SCHEMA)
+    assert done["status"] == "done" and done["progress"] is None
+    fractions = [n["progress"] for n in notes]
+    assert len(notes) >= 2 and fractions[0] == 0.0, fractions
+    assert fractions == sorted(set(fractions)) and fractions[-1] < 1.0, fractions
+    for n in notes:
+        assert n["audio_done_s"] == pytest.approx(n["progress"] * done["duration_s"], abs=0.1)
+    assert len(notes) <= 2 + done["processing_s"] / worker.PROGRESS_INTERVAL_S, "more often than every few seconds"

@@ -120,3 +120,19 @@ def test_output_copies_only_whisperd_result_files(tmp_path):
         item, Completion("t1", "done", results={"txt": str(results_dir / "t1.txt")}), bars
     )
     assert [p.name for p in out.iterdir()] == ["talk.txt"] and (out / "talk.txt").read_text() == "the transcript\n"
+
+
+def test_a_bar_follows_the_workers_progress(tmp_path):
+    from whisperd.contract import Completion
+    from whisperd.submit import PROGRESS_STEPS, Progress, Submitted
+
+    audio = tmp_path / "long.wav"
+    bars = Progress([Submitted("t1", audio, "long.wav")], enabled=True)
+    bars.started("t1", Completion("t1", "processing", duration_s=600.0, progress=0.0))
+    assert bars.bars["t1"].n == 0
+    bars.started("t1", Completion("t1", "processing", duration_s=600.0, progress=0.4))
+    assert bars.bars["t1"].n == 0.4 * PROGRESS_STEPS and "40%" in bars.bars["t1"].desc
+    bars.started("t1", Completion("t1", "processing", duration_s=600.0, progress=0.2))  # reordered: never back
+    assert bars.bars["t1"].n == 0.4 * PROGRESS_STEPS
+    bars.finished("t1", Completion("t1", "done", processing_s=30.0))
+    assert bars.bars["t1"].n == PROGRESS_STEPS

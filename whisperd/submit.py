@@ -140,12 +140,11 @@ class Progress:
     def started(self, task_id: str, c: Completion) -> None:
         """A processing event: the job started, or got further (``progress``)."""
         bar = self.bars[task_id]
+        if c.progress is not None:  # events can arrive out of order: a bar never goes back
+            bar.update(max(0, min(PROGRESS_STEPS - 1, round(c.progress * PROGRESS_STEPS)) - bar.n))
         audio = f" {c.duration_s:.1f} s audio" if c.duration_s is not None else ""
-        done = f" {c.progress:.0%}" if c.progress else ""
-        bar.set_description_str(self._desc(task_id, f"En curso:{audio}{done}"), refresh=False)
-        if c.progress is not None:
-            bar.update(max(0, min(PROGRESS_STEPS - 1, int(c.progress * PROGRESS_STEPS)) - bar.n))
-        bar.refresh()
+        done = f" {bar.n / PROGRESS_STEPS:.0%}" if bar.n else ""
+        bar.set_description_str(self._desc(task_id, f"En curso:{audio}{done}"))
 
     def finished(self, task_id: str, c: Completion) -> None:
         bar = self.bars[task_id]
