@@ -18,7 +18,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from bench import latency, memory, overhead, real, scaling, template, throughput, vad
+from bench import engines, latency, memory, overhead, real, scaling, template, throughput, vad
 from bench.context import Ctx, Sizes
 from bench.procmem import cpu_count, loadavg
 from bench.report import Section, markdown_table, notes, text_table
@@ -34,6 +34,7 @@ SECTIONS: dict[str, Callable[[Ctx], Section]] = {
     "real": real.run,
     "vad": vad.run,
     "guards": vad.run_guards,
+    "engines": engines.run,
 }
 
 

@@ -33,6 +33,7 @@ class Sizes:
     vad_recording_s: float = 600.0
     vad_ungated_non_speech: bool = True  # tone and music without the gate take minutes each
     guards_all_clips: bool = True
+    engines_rounds: int = 8  # the English clips (54 s) this many times: the engines' long recording
 
     @classmethod
     def quick(cls) -> Sizes:
@@ -40,6 +41,7 @@ class Sizes:
             overhead_rounds=2, cli_files=2, scaling_jobs=4, latency_jobs=6,
             long_audio_s=60.0, throughput_jobs=120, profile_s=5.0, real_rounds=1, real_scaling_passes=1,
             vad_repeats=1, vad_recording_s=120.0, vad_ungated_non_speech=False, guards_all_clips=False,
+            engines_rounds=2,
         )  # fmt: skip
 
 
@@ -79,9 +81,9 @@ def run_direct(
 class DirectLoop:
     """A long-lived bench.direct --serve process: transcribe one file at a time on request."""
 
-    def __init__(self, ctx: Ctx, model: str, threads: int, warmup: str) -> None:
+    def __init__(self, ctx: Ctx, model: str, threads: int, warmup: str, extra: tuple[str, ...] = ()) -> None:
         cmd = [sys.executable, "-m", "bench.direct", "--model", model, "--threads", str(threads), "--serve"]
-        cmd += ["--device", ctx.device, "--warmup", warmup]
+        cmd += ["--device", ctx.device, "--warmup", warmup, *extra]
         env = {**os.environ, "PYTHONPATH": str(REPO)}
         self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd=REPO, env=env)
         self._read()

@@ -4,8 +4,13 @@ Same model file, device, thread count and transcribe options as a whisperd worke
 file is decoded by whisper's own ``load_audio`` (ffmpeg), as a user calling whisper would.
 Prints one JSON object: per-file seconds, texts, and the process's memory.
 
+With ``--engine faster-whisper`` the model is a CTranslate2 directory and the loop is
+faster-whisper's ``WhisperModel.transcribe`` (its own PyAV decoding), with whisperd's defaults
+for that engine: int8 on a CPU, greedy unless ``--beam``, ``condition_on_previous_text`` off.
+
 Usage: python -m bench.direct --model PATH --threads N [--language xx] [--warmup FILE] FILE...
        python -m bench.direct --model PATH --threads N --serve   (paths on stdin, one JSON line each)
+       python -m bench.direct --engine faster-whisper --model DIR --threads N --serve [--beam 5]
 """
 
 from __future__ import annotations
@@ -28,9 +33,14 @@ def main() -> int:
     p.add_argument("--predecoded", action="store_true", help="decode the files first: time the model alone")
     p.add_argument("--serve", action="store_true", help="transcribe each path read from stdin, answer in JSON")
     p.add_argument("--thread-ab", type=int, default=0, help="alternate N calls in the main and in a second thread")
+    p.add_argument("--engine", default="openai-whisper", choices=("openai-whisper", "faster-whisper"))
+    p.add_argument("--compute-type", default="int8", help="faster-whisper: CTranslate2 compute type")
+    p.add_argument("--beam", type=int, default=0, help="beam size (0: greedy)")
     p.add_argument("files", nargs="*")
     args = p.parse_args()
     os.environ.update({k: str(args.threads) for k in ("OMP_NUM_THREADS", "MKL_NUM_THREADS")})
+    if args.engine == "faster-whisper":
+        return serve_faster_whisper(args)
     import torch
     import whisper
 
@@ -121,6 +131,29 @@ def serve(model: Any, opts: dict) -> int:
         t = time.monotonic()
         result = model.transcribe(line.strip(), **opts)
         print(json.dumps({"s": time.monotonic() - t, "text": result["text"].strip()}), flush=True)
+    return 0
+
+
+def serve_faster_whisper(args: argparse.Namespace) -> int:
+    """``--serve`` for faster-whisper: the same lock-step protocol."""
+    from faster_whisper import WhisperModel
+
+    model = WhisperModel(args.model, device=args.device, compute_type=args.compute_type, cpu_threads=args.threads)
+    beam = args.beam or 1
+    opts = dict(language=args.language, beam_size=beam, best_of=beam if args.beam else 5,
+                condition_on_previous_text=False)  # fmt: skip
+
+    def transcribe(path: str) -> str:
+        segments, _ = model.transcribe(path, **opts)
+        return "".join(s.text for s in segments).strip()
+
+    if args.warmup:
+        transcribe(args.warmup)
+    print(json.dumps({"ready": True}), flush=True)
+    for line in sys.stdin:
+        t = time.monotonic()
+        text = transcribe(line.strip())
+        print(json.dumps({"s": time.monotonic() - t, "text": text}), flush=True)
     return 0
 
 

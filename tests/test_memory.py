@@ -34,3 +34,10 @@ def test_a_checkpoint_on_disk_counts_with_its_size_and_never_below_max_rss():
     derived = hard_rss_limit_mb(_cfg(model={"name": str(FIXTURE_MODEL)}, limits={"max_duration_s": 60.0}))
     assert derived == math.ceil(1024 + 3 * size_mb + 0.6 * 60.0)
     assert hard_rss_limit_mb(_cfg(model={"name": str(FIXTURE_MODEL)}, workers={"max_rss_mb": 90000})) == 90000
+
+
+def test_a_ctranslate2_directory_counts_with_its_weights(real_weights):
+    directory = real_weights.ctranslate2_dir("base")
+    size_mb = (directory / "model.bin").stat().st_size / 2**20
+    cfg = _cfg(model={"engine": "faster-whisper", "name": str(directory)}, limits={"max_duration_s": 60.0})
+    assert hard_rss_limit_mb(cfg) == math.ceil(1024 + 3 * size_mb + 0.6 * 60.0)

@@ -10,8 +10,8 @@ healthy job on a large model. Imports nothing heavy: the supervisor uses it.
 from __future__ import annotations
 
 import math
-import os
 
+from whisperd import models
 from whisperd.config import Config
 
 # Checkpoint sizes on disk (fp16) of whisper's named models, in MB.
@@ -26,12 +26,13 @@ AUDIO_MB_PER_S = 0.6  # decoded audio + whole-file STFT/mel, measured ~0.35-0.55
 
 
 def model_disk_mb(cfg: Config) -> float:
-    """Size of the configured checkpoint: the file if it is there, else whisper's published size."""
-    name = cfg.model.name
-    for path in (name, os.path.join(cfg.model.download_root, f"{name}.pt")):
-        if os.path.isfile(path):
-            return os.path.getsize(path) / 2**20
-    return MODEL_DISK_MB.get(name, max(MODEL_DISK_MB.values()))
+    """Size of the configured weights (a checkpoint, or a CTranslate2 directory's model.bin) if they
+    are there, else whisper's published size for the name."""
+    path = models.model_path(cfg.model)
+    weights = path / models.CT2_WEIGHTS if path.is_dir() else path
+    if weights.is_file():
+        return weights.stat().st_size / 2**20
+    return MODEL_DISK_MB.get(cfg.model.name, max(MODEL_DISK_MB.values()))
 
 
 def hard_rss_limit_mb(cfg: Config) -> int:

@@ -1,0 +1,147 @@
+"""Section 8: the two engines side by side, same weights (OpenAI's ``base``), same clips, one run.
+
+* whisperd on faster-whisper (int8, 1 worker) against a direct faster-whisper loop: the rounds
+  alternate as in the real-weights section, each round's first job left out of both arms;
+* whisperd on faster-whisper against whisperd on openai-whisper, on a long recording (the
+  English clips of tests/data one after another, several times: distinct speech in every
+  30-second window), greedy and beam 5, in audio seconds per wall second;
+* WER of each engine through whisperd on the real clips (greedy);
+* worker memory after the batch, and 1 vs 2 workers, per engine.
+
+The speech gate is off (``transcribe.vad = false``): this compares the engines, not the gates.
+"""
+
+from __future__ import annotations
+
+import statistics
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+from bench.amqp import Producer, Queues
+from bench.context import Ctx, DirectLoop
+from bench.daemon import REPO, Daemon
+from bench.overhead import daemon_round
+from bench.procmem import memory
+from bench.real import JOB_TIMEOUT_S, REAL_WEIGHTS, batch, checkpoint, stage_real, texts_in_order
+from bench.report import Section
+
+ENGINES = ("openai-whisper", "faster-whisper")
+sys.path.insert(0, str(REPO / "tests" / "fixtures"))
+from clips import english_speech  # noqa: E402
+
+
+def ctranslate2_dir(name: str) -> str:
+    run = subprocess.run([sys.executable, str(REAL_WEIGHTS), "--ct2-path", name], capture_output=True, text=True)
+    if run.returncode != 0:
+        raise RuntimeError(f"real weights unavailable: {run.stderr.strip()}")
+    return run.stdout.strip()
+
+
+def model_of(engine: str) -> str:
+    return ctranslate2_dir("base") if engine == "faster-whisper" else checkpoint("base")
+
+
+def daemon(ctx: Ctx, prod: Producer, engine: str, label: str, **sections: Any) -> Daemon:
+    model = {"engine": engine, "device": ctx.device, **({"fp16": ctx.fp16} if engine == "openai-whisper" else {})}
+    return Daemon(ctx.scratch(label), prod.queues.jobs, prod.queues.results, model_of(engine), model=model, **sections)
+
+
+def long_rate(ctx: Ctx, engine: str, recording: Path, beam: int) -> tuple[float, str]:
+    """(audio seconds per wall second, text) for the long recording through a warm 1-worker daemon."""
+    transcribe = {"vad": False, "beam_size": beam}
+    with Producer(Queues()) as prod:
+        with daemon(ctx, prod, engine, f"engines-long-{engine}-{beam}", transcribe=transcribe) as d:
+            name = d.stage(recording, "long.wav")
+            d.start(timeout=600)
+            rate, [c] = batch(prod, [name], 1, f"long-{beam}")
+    return rate, c["text"]
+
+
+def run(ctx: Ctx) -> Section:
+    s = Section("engines (base)")
+    threads, rounds = ctx.cores, ctx.sizes.real_rounds
+    fw_model = model_of("faster-whisper")
+    direct_s, daemon_s, ratios = [], [], []
+    wer: dict[str, dict[str, float]] = {}
+    rss: dict[str, Any] = {}
+    rates: dict[str, tuple[float, float]] = {}
+    # 1. whisperd (faster-whisper) against a direct faster-whisper loop, then 1 worker's batch rate.
+    with Producer(Queues(), heartbeat=0) as prod:
+        with daemon(ctx, prod, "faster-whisper", "engines-fw") as d:
+            staged = stage_real(d.media)
+            d.start(timeout=600)
+            direct = DirectLoop(ctx, fw_model, threads, str(d.media / staged.names[0]), ("--engine", "faster-whisper"))
+            for r in range(rounds):
+                answers = [direct.transcribe(str(d.media / name)) for name in staged.names]
+                cycles, completions = daemon_round(prod, staged.names, f"r{r}", JOB_TIMEOUT_S * len(staged.names))
+                direct_s.append(sum(t for t, _ in answers[1:]))
+                daemon_s.append(sum(cycles))
+                ratios.append(direct_s[-1] / daemon_s[-1])
+                if r == 0:
+                    wer["faster-whisper"] = staged.wer([c["text"] for c in completions])
+                    wer["faster-whisper direct"] = staged.wer([text for _, text in answers])
+            direct.close()
+    # 2. Per engine: WER (openai-whisper), memory after a batch, 1 vs 2 workers.
+    for engine in ENGINES:
+        one = two = 0.0
+        for count in (1, 2):
+            with Producer(Queues()) as prod:
+                with daemon(ctx, prod, engine, f"engines-{engine}-{count}", workers={"count": count}) as d:
+                    staged = stage_real(d.media)
+                    d.start(timeout=600)
+                    rate, completions = batch(prod, staged.names, ctx.sizes.real_scaling_passes, f"{engine}-{count}")
+                    if count == 1:
+                        one = rate
+                        rss[engine] = memory(d.workers()[0].pid)
+                        if engine == "openai-whisper":
+                            wer[engine] = staged.wer(texts_in_order(completions, len(staged.names)))
+                    else:
+                        two = rate
+        rates[engine] = (one, two)
+    # 3. The long recording, greedy and beam 5, each engine.
+    recording = english_speech(ctx.sizes.engines_rounds, ctx.scratch("engines-audio") / "long.wav")
+    long: dict[tuple[str, int], float] = {}
+    long_text: dict[tuple[str, int], str] = {}
+    for beam in (0, 5):
+        for engine in ENGINES:
+            long[engine, beam], long_text[engine, beam] = long_rate(ctx, engine, recording, beam)
+
+    ratio = statistics.median(ratios)
+    s.add("direct faster-whisper int8 loop, all rounds", f"{sum(direct_s):.1f} s")
+    s.add("whisperd (faster-whisper int8), 1 worker, all rounds", f"{sum(daemon_s):.1f} s")
+    s.add("whisperd / direct, faster-whisper (median of round ratios)", f"{ratio:.3f}", "≥ 0.97", ratio >= 0.97)
+    minutes = long_minutes(recording)
+    for beam, goal in ((0, 1.4), (5, 4.0)):
+        label = "greedy" if beam == 0 else "beam 5"
+        for engine in ENGINES:
+            s.add(f"long recording ({minutes:.1f} min), {label}: whisperd {engine}", f"{long[engine, beam]:.2f} s/s")
+        speedup = long["faster-whisper", beam] / long["openai-whisper", beam]
+        s.add(f"faster-whisper / openai-whisper, {label}", f"{speedup:.2f}×", f"≥ {goal}×", speedup >= goal)
+    for set_name in wer["openai-whisper"]:
+        ow, fw, fd = (wer[k][set_name] for k in ("openai-whisper", "faster-whisper", "faster-whisper direct"))
+        s.add(f"WER {set_name}: openai-whisper / faster-whisper (direct)", f"{ow:.1%} / {fw:.1%} ({fd:.1%})",
+              "≤ +1 point", fw <= ow + 0.01)  # fmt: skip
+    for engine in ENGINES:
+        one, two = rates[engine]
+        s.add(f"{engine}: 1 worker × {threads} threads / 2 workers", f"{one:.2f} / {two:.2f} s of audio per s")
+        ctx.memory.add(f"{engine} worker (base) RSS / USS", f"{rss[engine].rss_mb:.0f} / {rss[engine].uss_mb:.0f} MB")
+    s.note(
+        f"{rounds} rounds of the {len(staged.names)} real clips, direct faster-whisper loop then whisperd; "
+        f"per-round ratios {', '.join(f'{x:.3f}' for x in ratios)}; greedy, {threads} threads, the gate off"
+    )
+    s.note(f"long recording: the English clips of tests/data {ctx.sizes.engines_rounds} times ({minutes:.1f} min)")
+    ctx.results[s.name] = {
+        "direct_s": direct_s, "daemon_s": daemon_s, "ratios": ratios, "wer": wer,
+        "long": {f"{e} beam {b}": v for (e, b), v in long.items()}, "rates": rates,
+        "rss_mb": {e: m.rss_mb for e, m in rss.items()},
+    }  # fmt: skip
+    return s
+
+
+def long_minutes(path: Path) -> float:
+    import wave
+
+    with wave.open(str(path)) as w:
+        return w.getnframes() / w.getframerate() / 60
