@@ -46,6 +46,8 @@ def test_empty_file_gives_the_documented_defaults():
         ({"workers": {"cuont": 2}}, "workers.cuont: unknown key"),
         ({"wokers": {}}, "wokers: unknown section"),
         ({"model": {"device": "gpu"}}, "model.device: must be auto, cpu, cuda or cuda:N"),
+        ({"model": {"engine": "whisperx"}}, "model.engine: must be one of ['openai-whisper', 'faster-whisper']"),
+        ({"model": {"compute_type": "int4"}}, "model.compute_type: must be one of ['auto', 'int8',"),
         ({"storage": {"media_root": "relative"}}, "storage.media_root: must be an absolute path"),
         ({"transcribe": {"formats": ["txt", "docx"]}}, "transcribe.formats:"),
         ({"workers": {"max_rss_mb": 500, "hard_rss_mb": 100}}, "workers.hard_rss_mb: must be >= workers.max_rss_mb"),

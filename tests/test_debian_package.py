@@ -426,6 +426,35 @@ def test_reload_follows_the_worker_count(installed: Container, queues: BrokerCli
     assert c.sh("systemctl is-active whisperd").stdout.strip() == "active"
 
 
+def test_faster_whisper_engine_runs_a_job_under_systemd(
+    installed: Container, queues: BrokerClient, real_weights: RealWeights
+) -> None:
+    """The second engine ships in the package: CTranslate2 and faster-whisper from its own venv,
+    a CTranslate2 model directory, a job through the service, as the unprivileged user."""
+    c = installed
+    ct2 = "/usr/local/share/whisperd-test/tiny.en-ct2"
+    shutil.copytree(real_weights.ctranslate2_dir("tiny.en"), c.path(ct2))
+    media = c.path("/var/lib/whisperd/media/deb-test")
+    media.mkdir(exist_ok=True)
+    shutil.copyfile(JFK.path, media / "jfk-fw.flac")
+    cfg = service_config(queues, 1)
+    write_toml(c.path("/etc/whisperd/whisperd.toml"), {**cfg, "model": {"engine": "faster-whisper", "name": ct2}})
+    try:
+        c.sh("systemctl reload whisperd")
+        # The old worker is replaced once the new one is ready: then one worker, the new one, is left.
+        wait_for(lambda: "loaded by faster-whisper on cpu" in c.journal_text() and len(c.workers()) == 1, 120,
+                 f"the faster-whisper worker alone\n{c.journal_text()}")  # fmt: skip
+        task = f"deb-fw-{uuid.uuid4().hex[:6]}"
+        done = _publish_and_wait(c, queues, task, "deb-test/jfk-fw.flac")
+        assert done["status"] == "done" and "my fellow Americans" in done["text"], done
+        assert {u for u, _ in c.processes()} == {"whisperuser"}
+    finally:
+        write_toml(c.path("/etc/whisperd/whisperd.toml"), cfg)
+        c.sh("systemctl reload whisperd")
+        back = lambda: c.journal_text().rsplit("loaded by ", 1)[-1].startswith("openai-whisper")  # noqa: E731
+        wait_for(lambda: back() and len(c.workers()) == 1, 120, "openai-whisper again")
+
+
 def test_unit_settings_and_security_exposure(installed: Container) -> None:
     """The unit as the issue asks for it, and `systemd-analyze security` at or below 2.0."""
     c = installed
