@@ -64,9 +64,9 @@ def served(real_weights, tmp_path_factory):
     server.close()
 
 
-def whisperd_cli(*args: str, root: Path) -> subprocess.CompletedProcess:
+def whisperd_cli(*args: str, root: Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
     """``whisperd ARGS --root ROOT`` with no config file on the machine (as on a download host)."""
-    env = {**os.environ, "WHISPERD_CONFIG": str(root.parent / "no-such-config.toml")}
+    env = {**os.environ, "WHISPERD_CONFIG": str(root.parent / "no-such-config.toml"), **(env or {})}
     return subprocess.run(
         [sys.executable, "-m", "whisperd", *args, "--root", str(root)], capture_output=True, text=True, env=env,
         cwd=REPO, timeout=300,
@@ -225,3 +225,12 @@ def test_daemon_uses_a_fetched_model_by_name_offline_and_refuses_a_reload_to_a_m
     wait_for(lambda: "reload failed, keeping the running configuration: model 'base' is not installed" in d.log(), 30,
              "the refused reload")  # fmt: skip
     assert {w.pid for w in d.workers()} == workers
+
+
+def test_ctranslate2_fetch_without_the_model_hub_fails_with_the_repository_and_leaves_nothing(tmp_path):
+    root = tmp_path / "m"
+    env = {"HF_ENDPOINT": "http://127.0.0.1:9", "HF_HUB_ETAG_TIMEOUT": "5", "HF_HUB_DOWNLOAD_TIMEOUT": "5"}
+    run = whisperd_cli("model", "fetch", "tiny.en", "--engine", "faster-whisper", root=root, env=env)
+    assert run.returncode == 1, run.stdout
+    assert "Systran/faster-whisper-tiny.en: download failed" in run.stderr
+    assert not root.exists() or leftovers(root) == []
