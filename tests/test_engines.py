@@ -12,12 +12,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from clips import JFK, SPANISH, english_speech
+from clips import CLIPS, JFK, SPANISH, SPONTANEOUS_EN, english_speech
 from conftest import REPO, submit, wait_for
 
 from whisperd import testaudio
 from whisperd.config import ModelConfig, TranscribeConfig
 from whisperd.contract import Job
+from whisperd.testing import word_error_rate
 from whisperd.transcriber import Transcriber
 
 ENGINES = ("openai-whisper", "faster-whisper")
@@ -96,6 +97,7 @@ import subprocess, sys, tempfile
 import numpy as np
 from whisperd.config import ModelConfig
 from whisperd.contract import Job
+from whisperd.testing import word_error_rate
 from whisperd.results import ResultStore
 from whisperd.transcriber import Transcriber
 t = Transcriber(ModelConfig(engine="faster-whisper", name={str(real_weights.ctranslate2_dir("tiny.en"))!r}), 1)
@@ -143,3 +145,23 @@ def test_a_reload_that_switches_engine_replaces_workers_one_at_a_time_without_lo
         assert any(name.startswith("libctranslate2") for name in libraries), sorted(libraries)
         assert not any(name.startswith("libtorch") for name in libraries), sorted(libraries)
     assert broker.get(broker.result_queue, 2) is None
+
+
+@pytest.mark.parametrize("gate", [False, True], ids=["ungated", "gated"])
+def test_faster_whisper_batched_pipeline_keeps_the_words(real_weights, speech, gate):
+    """``model.batch_size`` (for GPUs): the pieces of one file decoded together, cut by Silero at
+    short pauses whatever the gate says. On the CPU here it must only keep the words: base, the
+    English clips twice, measured 5.2 % WER batched against 3.2 % one window at a time."""
+    reference = " ".join(c.reference for c in (*CLIPS, SPONTANEOUS_EN) if c.language == "en")
+    reference = f"{reference} {reference}"
+    section = real_weights.section("base", "faster-whisper")
+    settings = TranscribeConfig(vad=gate)
+    one = Transcriber(ModelConfig(**section), threads=2).transcribe(speech, Job("t", "x"), settings)
+    batched = Transcriber(ModelConfig(**section, batch_size=4), threads=2)
+    assert batched.engine.batched is not None
+    result = batched.transcribe(speech, Job("t", "x"), settings)
+    wer_one, wer_batched = (word_error_rate([(reference, r["text"])], "en") for r in (one, result))
+    assert wer_batched <= wer_one + 0.03, (wer_one, wer_batched, result["text"])
+    starts = [s["start"] for s in result["segments"]]
+    assert starts == sorted(starts) and result["segments"][-1]["end"] <= len(speech) / 16000 + 0.5
+    assert ("speech_s" in result) == gate

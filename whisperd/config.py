@@ -126,6 +126,7 @@ class ModelConfig:
     download: bool = key(True)
     mirror: str = key("", _http_url_or_empty, "must be an http:// or https:// URL, or empty for OpenAI's")
     compute_type: str = key("auto", lambda v: v in COMPUTE_TYPES, f"must be one of {list(COMPUTE_TYPES)}")
+    batch_size: int = key(0, lambda v: 0 <= v <= 64, "must be between 0 and 64 (0 = one window at a time)")
 
 
 @dataclass

@@ -25,6 +25,7 @@ from whisperd import models
 from whisperd.config import ModelConfig
 
 SAMPLE_RATE = 16000
+WINDOW_S = 30  # Whisper's window
 Progress = Callable[[float], None]  # the fraction of the audio done, 0-1
 
 
@@ -198,6 +199,14 @@ class FasterWhisper(Engine):
         self.multilingual = self.model.model.is_multilingual
 
     def _load(self) -> Any:
+        """The model, and with ``model.batch_size`` faster-whisper's batched pipeline on it."""
+        from faster_whisper import BatchedInferencePipeline
+
+        model = self._load_model()
+        self.batched = BatchedInferencePipeline(model) if self.cfg.batch_size else None
+        return model
+
+    def _load_model(self) -> Any:
         from faster_whisper import WhisperModel
 
         kind, _, index = self.device.partition(":")
@@ -238,7 +247,16 @@ class FasterWhisper(Engine):
             if gate
             else None
         )
-        pieces, info = self.model.transcribe(
+        batching: dict[str, Any] = {}
+        if self.batched is not None:
+            # The batched pipeline decodes each piece of speech as one window of at most 30 s, so
+            # the pieces must end at pauses: Silero cuts them at 160 ms pauses (faster-whisper's
+            # own batched settings; measured: cutting every 30 s, or at the gate's 2 s pauses with
+            # 30 s pieces, lost 5-50 % of the words on the English clips), gate or no gate.
+            batching["batch_size"] = self.cfg.batch_size
+            threshold = gate.threshold if gate else 0.5
+            vad = VadOptions(threshold=threshold, min_silence_duration_ms=160, max_speech_duration_s=WINDOW_S)
+        pieces, info = (self.batched or self.model).transcribe(
             audio,
             language=request.language,
             task=request.task,
@@ -248,6 +266,7 @@ class FasterWhisper(Engine):
             initial_prompt=request.initial_prompt,
             vad_filter=vad is not None,
             vad_parameters=vad,
+            **batching,
             **guards,
         )
         segments = []
@@ -260,7 +279,7 @@ class FasterWhisper(Engine):
             "segments": segments,
             "language": info.language,
         }
-        if vad is not None:
+        if gate is not None:
             result["speech_s"] = round(info.duration_after_vad, 3)
             if not segments and info.duration_after_vad == 0:
                 result["language"] = request.language
