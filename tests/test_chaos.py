@@ -21,6 +21,8 @@ import psutil
 import pytest
 from conftest import queue_clips, wait_for
 
+from whisperd.testing import title_of
+
 JOBS = int(os.environ.get("WHISPERD_CHAOS_JOBS", "500"))
 KILL_EVERY_S = (2.0, 5.0)
 
@@ -48,10 +50,7 @@ class Chaos:
         out = []
         for d in self.daemons:
             for w in d.workers():
-                try:
-                    title = " ".join(w.cmdline()).strip()
-                except psutil.Error:
-                    continue
+                title = title_of(w)
                 if title.endswith("[idle]") or "[busy " in title:
                     out.append((w, title))
         busy = [w for w, t in out if "[busy " in t]
@@ -71,8 +70,8 @@ class Chaos:
                     candidates = self._serving_workers()
                     if candidates:
                         victim = rng.choice(candidates)
+                        title = title_of(victim)
                         try:
-                            title = " ".join(victim.cmdline()).strip()
                             victim.send_signal(signal.SIGKILL)
                             self.kills.append(title)
                         except psutil.Error:
