@@ -16,9 +16,10 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
+from whisperd.contract import FORMATS
+
 DEFAULT_PATH = Path("/etc/whisperd/whisperd.toml")
 ENV_VAR = "WHISPERD_CONFIG"
-FORMATS = ("json", "txt", "srt", "vtt", "tsv")
 
 
 class ConfigError(ValueError):
