@@ -11,12 +11,14 @@ import psutil
 from clips import FIXTURE_MODEL, JFK
 from conftest import submit, wait_for
 
+from whisperd.testing import title_of
+
 
 def test_notify_protocol_titles_and_no_torch_in_the_supervisor(broker, daemon_factory):
     d = daemon_factory(workers={"count": 2}).start(env={"WATCHDOG_USEC": "1000000"})
     assert d.titles() == ["whisperd: worker 1 [idle]", "whisperd: worker 2 [idle]"]
     sup = psutil.Process(d.pid)
-    assert " ".join(sup.cmdline()).strip() == "whisperd: supervisor [2 workers]"
+    assert title_of(sup) == "whisperd: supervisor [2 workers]"
     maps = open(f"/proc/{d.pid}/maps").read()
     assert "libtorch" not in maps and "libcuda" not in maps
     assert sup.memory_info().rss < 60 * 2**20
