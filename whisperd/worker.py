@@ -55,7 +55,7 @@ class Worker:
     ):
         self.cfg = cfg
         self.slot = slot
-        self.threads = threads  # until the model is loaded; then the pipeline keeps it
+        self.initial_threads = threads  # the loaded pipeline keeps the count from then on
         self.device = device
         self.name = f"{socket.gethostname()}:worker-{slot}:{os.getpid()}"
         self.label = f"worker {slot}"
@@ -120,7 +120,7 @@ class Worker:
         from whisperd.transcriber import Transcriber
 
         started = time.monotonic()
-        transcriber = Transcriber(self.cfg.model, self.threads, self.device)
+        transcriber = Transcriber(self.cfg.model, self.initial_threads, self.device)
         transcriber.warm_up()
         store = ResultStore(self.cfg.storage.results_dir)
         if swept := store.sweep_stale_temp_files():
