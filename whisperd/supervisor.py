@@ -389,7 +389,8 @@ class Supervisor:
 
     def _give_up(self, w: WorkerProc, slot: Slot) -> None:
         """Workers that cannot start: roll back a reload, or stop with the reason (no fork storm)."""
-        if self.previous is not None and pool.roll_back_on_give_up(w, self.generation, reload_pending=True):
+        if pool.roll_back_on_give_up(w, self.generation, reload_pending=self.previous is not None):
+            assert self.previous is not None
             log.error(
                 "reload aborted: workers with the new settings cannot start (%s); keeping the previous settings",
                 slot.last_error,
@@ -455,7 +456,7 @@ class Supervisor:
         live = sorted(self.workers.values(), key=lambda w: (w.slot, w.started))
         return PoolSnapshot(
             state=self.state,
-            config=os.path.abspath(self.cfg.path) if self.cfg.path else None,
+            config=os.path.realpath(self.cfg.path) if self.cfg.path else None,
             job_queue=self.cfg.broker.job_queue,
             workers_wanted=self.cfg.workers.count,
             workers=tuple(view(w, now, gpu_mb) for w in live),
