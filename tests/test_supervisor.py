@@ -66,7 +66,7 @@ def test_reload_scales_2_to_4_to_1_without_losing_jobs(broker, daemon_factory):
     d.signal(signal.SIGHUP)
     wait_for(lambda: len(d.workers()) == 4, 60, "4 workers")
     d.wait_ready(count=2)
-    assert d.titles()[-1] == "whisperd: worker 4 [idle]" or "busy" in d.titles()[-1]
+    wait_for(lambda: d.titles() == [f"whisperd: worker {i} [idle]" for i in (1, 2, 3, 4)], 30, "4 idle workers")
     for i in range(6):
         submit(broker, d, JFK.path, f"scale-b{i}")
     d.configure(workers={"count": 1})
