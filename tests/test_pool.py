@@ -19,9 +19,11 @@ from whisperd.pool import (
     Spawn,
     WaitForGpu,
     WorkerProc,
+    all_ready,
     check_memory,
     exit_code_of,
     find_stuck,
+    heartbeats_ok,
     judge_exit,
     old_generation_left,
     plan_reload,
@@ -285,3 +287,18 @@ def test_a_thread_count_change_on_reload_is_told_to_the_workers_without_replacin
     assert (plan.replace_workers, plan.threads) == (False, 2), "a count change alone keeps the workers"
     assert plan_reload(cfg(count=2), cfg(count=2), cores=8).threads is None
     assert plan_reload(cfg(max_jobs=1), cfg(max_jobs=2), cores=8).replace_workers
+
+
+def test_the_pool_is_ready_when_every_wanted_worker_of_the_current_settings_serves():
+    clock = Clock()
+    serving = [worker(pid=1, slot=1, generation=1), worker(pid=2, slot=2, generation=1)]
+    assert all_ready(serving, 2, generation=1)
+    assert not all_ready(serving[:1], 2, generation=1), "one short"
+    assert not all_ready(serving, 2, generation=2), "old settings: a reload is still rolling"
+    starting = worker(pid=3, slot=3, generation=1, ready=False)
+    assert not all_ready([*serving[:1], starting], 2, generation=1)
+    serving[0].last_seen = clock.now
+    serving[1].last_seen = clock.now - 11
+    assert heartbeats_ok(serving[:1], timeout=10.0, now=clock.now)
+    assert not heartbeats_ok(serving, timeout=10.0, now=clock.now), "no watchdog ping while one is silent"
+    assert heartbeats_ok([starting], timeout=10.0, now=clock.now + 500), "a loading worker does not report yet"

@@ -294,6 +294,18 @@ def fill_slots(
     return actions
 
 
+def all_ready(workers: Iterable[WorkerProc], target: int, generation: int) -> bool:
+    """Whether the pool is complete: ``target`` workers of the current settings, each serving
+    (READY=1 at start and at the end of a reload)."""
+    counted = [w for w in workers if w.counted]
+    return len(counted) == target and all(w.ready and w.generation == generation for w in counted)
+
+
+def heartbeats_ok(workers: Iterable[WorkerProc], timeout: float, now: float) -> bool:
+    """Whether every ready worker reported within ``timeout`` (systemd's watchdog is fed only then)."""
+    return all(not w.ready or now - w.last_seen <= timeout for w in workers)
+
+
 def old_generation_left(workers: Iterable[WorkerProc], generation: int) -> bool:
     """Whether a rolling replacement is still under way (a failed reload can still be rolled back)."""
     return any(w.counted and w.generation != generation for w in workers)

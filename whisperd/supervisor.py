@@ -473,22 +473,17 @@ class Supervisor:
         return self._gpu_mb
 
     def _notify_progress(self, snap: PoolSnapshot) -> None:
-        counted = [w for w in self.workers.values() if w.counted]
-        all_ready = len(counted) == self.cfg.workers.count and all(
-            w.ready and w.generation == self.generation for w in counted
-        )
-        if self.state in ("starting", "reloading") and all_ready:
+        target = self.cfg.workers.count
+        if self.state in ("starting", "reloading") and pool.all_ready(self.workers.values(), target, self.generation):
             if self.state == "starting":
-                log.info("all %d workers ready", len(counted))
+                log.info("all %d workers ready", target)
             else:
-                log.info("reload complete: %d workers", len(counted))
+                log.info("reload complete: %d workers", target)
             self.state = "running"
             self.notifier.ready(snap.status_text())
         else:
             self.notifier.status(snap.status_text())
-        now = time.monotonic()
-        healthy = all(not w.ready or now - w.last_seen <= self.cfg.workers.timeout for w in self.workers.values())
-        self.notifier.watchdog(healthy)
+        self.notifier.watchdog(pool.heartbeats_ok(self.workers.values(), self.cfg.workers.timeout, time.monotonic()))
 
 
 def describe_status(status: int) -> str:
