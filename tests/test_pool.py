@@ -153,6 +153,16 @@ def test_missing_workers_are_spawned_in_the_lowest_free_slots_and_extras_retired
     assert scale(four, {}, 4, 0, clock.now, always_room) == []
 
 
+def test_a_worker_being_killed_is_not_also_retired():
+    clock = Clock()
+    killed, healthy = worker(pid=1, slot=1, started=clock.now), worker(pid=2, slot=2, started=clock.now + 1)
+    killed.change_phase(Phase.KILLED, ExitReason.HEARTBEAT_TIMEOUT, "no heartbeat for 61 s (workers.timeout)")
+    assert scale([killed, healthy], {}, 1, 0, clock.now, always_room) == [], "the oldest extra is going already"
+    assert scale([killed, healthy], {}, 2, 1, clock.now, always_room) == [Spawn(3)], "a reload: a new worker first"
+    new = worker(pid=3, slot=3, generation=1, started=clock.now + 2)
+    assert scale([killed, healthy, new], {}, 2, 1, clock.now, always_room) == [], "not replaced: it is going already"
+
+
 def test_a_reload_rolls_workers_one_at_a_time_without_losing_capacity():
     clock = Clock()
     old = [worker(pid=1, slot=1, generation=0), worker(pid=2, slot=2, generation=0, started=clock.now + 1)]

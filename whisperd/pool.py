@@ -119,7 +119,8 @@ class WorkerProc:
         if phase in (Phase.STOPPING, Phase.KILLED):
             if reason is None:
                 raise ValueError(f"{phase.name} needs an exit reason")
-            # A retired worker killed later (stop timeout, memory) was still retired on purpose.
+            # A retired worker killed later (too big, silent) was still retired on purpose; a recycled one
+            # killed before its job ended was killed, and is counted so.
             if self.exit_reason is None or not self.exit_reason.retired:
                 self.exit_reason, self.why = reason, why
         self.phase = phase
@@ -262,11 +263,12 @@ def scale(
     if old:
         if any(not w.ready for w in new):
             return []  # wait until the replacement is serving
-        if len(counted) > target:
-            return [Retire(old[0].pid, ExitReason.REPLACED, "replaced after reload")]
+        if len(counted) > target:  # a worker being killed is on its way out already
+            return [] if old[0].killed else [Retire(old[0].pid, ExitReason.REPLACED, "replaced after reload")]
         return fill_slots(live, slots, 1, now, gpu_room)
     if len(new) > target:
-        return [Retire(w.pid, ExitReason.SCALED_DOWN, "scaled down") for w in new[: len(new) - target]]
+        extras = new[: len(new) - target]
+        return [Retire(w.pid, ExitReason.SCALED_DOWN, "scaled down") for w in extras if not w.killed]
     if len(new) < target:
         return fill_slots(live, slots, target - len(new), now, gpu_room)
     return []
