@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
-from whisperd.pool import Phase
+from whisperd.pool import ExitReason, Phase
 from whisperd.reporting import BrokerState, QueueDepths, WorkerReport, WorkerState
 from whisperd.snapshot import PoolSnapshot, WorkerView
 
 
 def view(slot, state=WorkerState.IDLE, broker=BrokerState.OK, ready=True, counted=True, phase=Phase.RUNNING, **kw):
     report = WorkerReport(pid=100 + slot, slot=slot, state=state, broker=broker, **kw)
-    return WorkerView(slot, 100 + slot, phase, counted, ready, report, 10.0, None, None)
+    reason = ExitReason.SCALED_DOWN if phase is Phase.STOPPING else None
+    return WorkerView(slot, 100 + slot, phase, counted, ready, reason, report, 10.0, None, None)
 
 
 def snap(*workers, done=7, failed=2) -> PoolSnapshot:

@@ -225,6 +225,7 @@ def status_document(snap: PoolSnapshot, answered_on: str) -> dict[str, Any]:
             "slot": w.slot,
             "pid": w.pid,
             "state": w.state,
+            "exit_reason": w.exit_reason.value if w.exit_reason else None,
             "task": w.report.task,
             "task_elapsed_s": round(elapsed, 1) if (elapsed := w.report.elapsed_s(now_wall)) is not None else None,
             "jobs_done": w.report.done,

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from whisperd.pool import Phase, WorkerProc
+from whisperd.pool import ExitReason, Phase, WorkerProc
 from whisperd.reporting import BrokerState, QueueDepths, WorkerReport, WorkerState
 
 
@@ -19,6 +19,7 @@ class WorkerView:
     phase: Phase
     counted: bool  # towards workers.count (not retired)
     ready: bool
+    exit_reason: ExitReason | None  # why it is on its way out, as decided
     report: WorkerReport
     uptime_s: float
     rss_mb: float | None  # None until measured
@@ -82,6 +83,7 @@ def view(w: WorkerProc, now: float, gpu_mb: dict[int, int] | None) -> WorkerView
         phase=w.phase,
         counted=w.counted,
         ready=w.ready,
+        exit_reason=w.exit_reason,
         report=w.report,
         uptime_s=now - w.started,
         rss_mb=w.rss_mb or None,
