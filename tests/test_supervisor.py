@@ -83,6 +83,20 @@ def test_reload_scales_2_to_4_to_1_without_losing_jobs(broker, daemon_factory):
     assert "scaled down" in d.log()
 
 
+def test_reload_with_a_new_thread_count_tells_the_running_worker_without_replacing_it(broker, daemon_factory):
+    d = daemon_factory(workers={"count": 1, "threads": 1}).start()
+    [before] = d.workers()
+    d.configure(workers={"threads": 2})
+    d.signal(signal.SIGHUP)
+    wait_for(lambda: "worker 1: now using 2 threads" in d.log(), 30, "the new count in the worker")
+    d.wait_ready(count=2)
+    assert [w.pid for w in d.workers()] == [before.pid]
+    assert "replacing workers" not in d.log()
+    submit(broker, d, JFK.path, "two-threads")
+    [c] = broker.completions(1, 60)
+    assert (c["task_id"], c["status"]) == ("two-threads", "done")
+
+
 def test_sigterm_during_a_job_drains_it_and_exits_0(broker, daemon_factory, slow_job):
     d = daemon_factory(model=slow_job.section, workers={"count": 1, "drain_timeout": 120.0}).start()
     submit(broker, d, slow_job.audio, "drain-me")
