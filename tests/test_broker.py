@@ -15,6 +15,7 @@ from conftest import submit, wait_for
 
 from whisperd import broker as broker_mod
 from whisperd import config as config_mod
+from whisperd.testing import free_port, title_of
 
 SHORT = LIBRISPEECH[1]  # 2 s of speech: well inside a 4 s time limit, even for tiny.en on a busy core
 
@@ -108,11 +109,7 @@ def _kill_when_busy_with(d, task_id: str, kills: list[int], stop: threading.Even
     seen: dict[int, float] = {}
     while not stop.is_set():
         for w in d.workers():
-            try:
-                title = " ".join(w.cmdline()).strip()
-            except psutil.Error:
-                continue
-            if title.endswith(f"[busy {task_id}]"):
+            if title_of(w).endswith(f"[busy {task_id}]"):
                 first = seen.setdefault(w.pid, time.monotonic())
                 if time.monotonic() - first >= after_s:
                     w.send_signal(signal.SIGKILL)
@@ -160,8 +157,6 @@ def test_a_job_past_its_time_limit_is_killed_retried_then_failed(broker, daemon_
 
 
 def test_workers_fail_over_to_the_cluster_node_that_answers(broker, daemon_factory):
-    from rabbit_node import free_port
-
     dead = f"amqp://guest:guest@127.0.0.1:{free_port()}/%2F"
     d = daemon_factory(broker={"url": dead, "urls": [broker.url]}, workers={"count": 2}).start()
     submit(broker, d, JFK.path, "via-other-node")

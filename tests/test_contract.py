@@ -35,40 +35,49 @@ def test_full_job_and_masstransit_envelope():
 
 
 @pytest.mark.parametrize(
-    ("body", "code", "task_id"),
+    ("body", "code", "task_id", "schema_rejects"),
     [
-        (b"\xff\xfe", ErrorCode.INVALID_JOB, None),
-        (b"[1, 2]", ErrorCode.INVALID_JOB, None),
-        (b'{"audio_path": "x"}', ErrorCode.INVALID_TASK_ID, None),
-        (b'{"task_id": "../x", "audio_path": "x"}', ErrorCode.INVALID_TASK_ID, None),
-        (b'{"task_id": "' + b"a" * 129 + b'", "audio_path": "x"}', ErrorCode.INVALID_TASK_ID, None),
-        (b'{"task_id": "t", "audio_path": ""}', ErrorCode.INVALID_AUDIO_PATH, "t"),
-        (b'{"task_id": "t", "audio_path": 5}', ErrorCode.INVALID_AUDIO_PATH, "t"),
-        (b'{"task_id": "t", "audio_path": "x", "task": "summarise"}', ErrorCode.UNSUPPORTED_TASK, "t"),
-        (b'{"task_id": "t", "audio_path": "x", "formats": ["pdf"]}', ErrorCode.UNSUPPORTED_FORMAT, "t"),
-        (b'{"task_id": "t", "audio_path": "x", "formats": []}', ErrorCode.UNSUPPORTED_FORMAT, "t"),
-        (b'{"task_id": "t", "audio_path": "x", "language": 7}', ErrorCode.UNSUPPORTED_LANGUAGE, "t"),
-        (b'{"task_id": "t", "audio_path": "x", "word_timestamps": "yes"}', ErrorCode.INVALID_OPTION, "t"),
-        (b"[" * 60000, ErrorCode.INVALID_JOB, None),
-        (b'{"task_id": "t", "audio_path": "' + b"x" * 70000 + b'"}', ErrorCode.INVALID_JOB, None),
-        (b'{"task_id": "t", "audio_path": "' + b"x" * 4097 + b'"}', ErrorCode.INVALID_AUDIO_PATH, "t"),
+        (b"\xff\xfe", ErrorCode.INVALID_JOB, None, True),
+        (b"[1, 2]", ErrorCode.INVALID_JOB, None, True),
+        (b'{"audio_path": "x"}', ErrorCode.INVALID_TASK_ID, None, True),
+        (b'{"task_id": "../x", "audio_path": "x"}', ErrorCode.INVALID_TASK_ID, None, True),
+        (b'{"task_id": "' + b"a" * 129 + b'", "audio_path": "x"}', ErrorCode.INVALID_TASK_ID, None, True),
+        (b'{"task_id": "t", "audio_path": ""}', ErrorCode.INVALID_AUDIO_PATH, "t", True),
+        (b'{"task_id": "t", "audio_path": 5}', ErrorCode.INVALID_AUDIO_PATH, "t", True),
+        (b'{"task_id": "t", "audio_path": "x", "task": "summarise"}', ErrorCode.UNSUPPORTED_TASK, "t", True),
+        (b'{"task_id": "t", "audio_path": "x", "formats": ["pdf"]}', ErrorCode.UNSUPPORTED_FORMAT, "t", True),
+        (b'{"task_id": "t", "audio_path": "x", "formats": []}', ErrorCode.UNSUPPORTED_FORMAT, "t", True),
+        (b'{"task_id": "t", "audio_path": "x", "language": 7}', ErrorCode.UNSUPPORTED_LANGUAGE, "t", True),
+        (b'{"task_id": "t", "audio_path": "x", "word_timestamps": "yes"}', ErrorCode.INVALID_OPTION, "t", True),
+        (b"[" * 60000, ErrorCode.INVALID_JOB, None, True),
+        (b'{"task_id": "t", "audio_path": "' + b"x" * 70000 + b'"}', ErrorCode.INVALID_JOB, None, True),
+        (b'{"task_id": "t", "audio_path": "' + b"x" * 4097 + b'"}', ErrorCode.INVALID_AUDIO_PATH, "t", True),
         (
             b'{"task_id": "t", "audio_path": "x", "initial_prompt": "' + b"a" * 4097 + b'"}',
             ErrorCode.INVALID_OPTION,
             "t",
+            True,
         ),
         (
             ('{"task_id": "t", "audio_path": "x", "initial_prompt": "' + "ñ" * 2049 + '"}').encode(),
             ErrorCode.INVALID_OPTION,
             "t",
+            False,  # JSON Schema's maxLength counts characters: a byte limit is the parser's alone
         ),  # 4098 bytes in 2049 characters
     ],
 )
-def test_invalid_jobs_get_specific_codes(body, code, task_id):
+def test_invalid_jobs_get_specific_codes(body, code, task_id, schema_rejects):
     with pytest.raises(JobError) as e:
         parse_job(body)
     assert (e.value.code, e.value.task_id) == (code, task_id)
     assert peek_task_id(body) == task_id
+    try:
+        document = json.loads(body)
+    except (ValueError, RecursionError):
+        assert schema_rejects, "not JSON: no schema can accept it"
+        return
+    valid = jsonschema.Draft202012Validator(schema("job")).is_valid(document)
+    assert valid is not schema_rejects
 
 
 def test_the_body_limit_is_the_configured_one():

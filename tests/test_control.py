@@ -104,8 +104,13 @@ def test_socket_path_resolution(monkeypatch, tmp_path):
     assert control.socket_path(make_cfg()) == str(tmp_path / "control.sock")
     assert control.client_candidates(make_cfg())[-1] == "/run/whisperd/control.sock"
     monkeypatch.delenv("RUNTIME_DIRECTORY")
-    if os.geteuid() == 0:
-        assert control.socket_path(make_cfg()) == "/run/whisperd/control.sock"
+    root = os.geteuid() == 0
+    monkeypatch.setenv("XDG_RUNTIME_DIR", str(tmp_path))
+    mine = str(tmp_path / "whisperd" / "control.sock")
+    assert control.socket_path(make_cfg()) == ("/run/whisperd/control.sock" if root else mine)
+    monkeypatch.delenv("XDG_RUNTIME_DIR")
+    fallback = f"/tmp/whisperd-{os.geteuid()}/control.sock"
+    assert control.socket_path(make_cfg()) == ("/run/whisperd/control.sock" if root else fallback)
 
 
 def test_a_stale_socket_is_replaced_and_a_live_one_is_left_alone(tmp_path):
@@ -182,3 +187,20 @@ def test_a_private_tmp_socket_directory_is_accepted(tmp_path):
     directory = tmp_path / "mine"
     directory.mkdir(mode=0o700)
     control.check_private_dir(str(directory))
+
+
+def test_status_names_the_daemon_that_answered_and_refuses_another_configs(broker, daemon_factory, tmp_path):
+    """Issue 15: ``whisperd status --config B`` printed whichever daemon owned the socket B names."""
+    sock = tmp_path / "shared.sock"  # as when two configs leave control.socket at its default
+    a = daemon_factory("a", control={"socket": str(sock)}).start()
+    s = status_json(a.config_path)
+    assert (s["pid"], s["config"], s["socket"]) == (a.pid, os.path.realpath(a.config_path), str(sock))
+    text = status(a.config_path)
+    assert f"config: {os.path.realpath(a.config_path)}; control socket: {sock}" in text.stdout
+
+    b = tmp_path / "b.toml"
+    b.write_text(f'[control]\nsocket = "{sock}"\n')
+    out = status(b, "--json")
+    assert out.returncode == 4 and out.stdout == ""
+    assert f"the daemon that answered on {sock} (pid {a.pid}) runs {os.path.realpath(a.config_path)}" in out.stderr
+    assert f"not {b}" in out.stderr

@@ -13,7 +13,7 @@ import pytest
 from clips import JFK, SPANISH
 from conftest import BROKER_URL
 
-from whisperd.contract import parse_job
+from whisperd.contract import ErrorCode, JobError, parse_job
 
 SCHEMA = json.loads((Path(__file__).resolve().parent.parent / "whisperd/schema/completion.schema.json").read_text())
 
@@ -97,5 +97,6 @@ def test_envelope_spellings_parse_to_the_same_job():
     for message in (snake, camel):
         assert parse_job(json.dumps(masstransit_envelope(message, "q")).encode()) == bare
     # Outside an envelope only the documented snake_case names count.
-    with pytest.raises(Exception, match="task_id is missing"):
+    with pytest.raises(JobError, match="task_id is missing") as refused:
         parse_job(json.dumps(camel).encode())
+    assert refused.value.code == ErrorCode.INVALID_TASK_ID

@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import signal
 import socket
-from types import SimpleNamespace
 
 import psutil
 import requests
@@ -13,13 +12,7 @@ from clips import JFK
 from conftest import wait_for
 from prometheus_client.parser import text_string_to_metric_families
 
-from whisperd.metrics import restart_reason
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from whisperd.testing import free_port
 
 
 def scrape(port: int) -> dict[tuple[str, tuple], float]:
@@ -96,21 +89,3 @@ def test_address_in_use_stops_the_start_with_the_reason(broker, daemon_factory):
         assert d.wait_exit(30) == 1
     assert f"metrics.listen = '127.0.0.1:{port}': cannot listen" in d.log()
     assert not d.workers()
-
-
-def proc(**kw):
-    base = {"retiring": None, "killed": None, "cause": None, "ready": True}
-    return SimpleNamespace(**{**base, **kw})
-
-
-def test_restart_reasons():
-    exited_0, crashed = 0, 256 * 3  # wait statuses: exit code 0, exit code 3
-    assert restart_reason(proc(), crashed) == "crashed"
-    assert restart_reason(proc(ready=False), crashed) == "boot_failed"
-    assert restart_reason(proc(), exited_0) == "recycled_max_jobs"
-    assert restart_reason(proc(retiring="recycled for memory", cause="recycled_memory"), exited_0) == "recycled_memory"
-    assert restart_reason(proc(retiring="scaled down"), exited_0) is None
-    assert restart_reason(proc(killed="no heartbeat for 61 s", cause="heartbeat_timeout"), 9) == "heartbeat_timeout"
-    assert restart_reason(proc(killed="task x over 300 s", cause="job_timeout"), 9) == "job_timeout"
-    assert restart_reason(proc(killed="RSS 900 MB", cause="memory_hard_limit"), 9) == "memory_hard_limit"
-    assert restart_reason(proc(killed="not ready", cause="ready_timeout"), 9) == "ready_timeout"

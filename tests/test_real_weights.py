@@ -7,7 +7,6 @@ import dataclasses
 import gzip
 import json
 import os
-import socket
 import subprocess
 import sys
 
@@ -17,6 +16,8 @@ import real_weights as builder
 import whisper
 from conftest import REPO
 
+from whisperd.testing import free_port
+
 BUILDER = REPO / "tests" / "fixtures" / "real_weights.py"
 
 
@@ -24,16 +25,10 @@ def heads_mask(dump: bytes, layers: int, heads: int) -> np.ndarray:
     return np.frombuffer(gzip.decompress(base64.b85decode(dump)), dtype=bool).reshape(layers, heads)
 
 
-def closed_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def offline_env() -> dict[str, str]:
     """pip pointed at a registry that refuses connections, with no config file adding others."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("PIP_")}
-    return {**env, "PIP_CONFIG_FILE": os.devnull, "PIP_INDEX_URL": f"http://127.0.0.1:{closed_port()}/simple"}
+    return {**env, "PIP_CONFIG_FILE": os.devnull, "PIP_INDEX_URL": f"http://127.0.0.1:{free_port()}/simple"}
 
 
 @pytest.mark.parametrize("name", ["base", "tiny.en"])

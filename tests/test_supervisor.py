@@ -11,12 +11,14 @@ import psutil
 from clips import FIXTURE_MODEL, JFK
 from conftest import submit, wait_for
 
+from whisperd.testing import title_of
+
 
 def test_notify_protocol_titles_and_no_torch_in_the_supervisor(broker, daemon_factory):
     d = daemon_factory(workers={"count": 2}).start(env={"WATCHDOG_USEC": "1000000"})
     assert d.titles() == ["whisperd: worker 1 [idle]", "whisperd: worker 2 [idle]"]
     sup = psutil.Process(d.pid)
-    assert " ".join(sup.cmdline()).strip() == "whisperd: supervisor [2 workers]"
+    assert title_of(sup) == "whisperd: supervisor [2 workers]"
     maps = open(f"/proc/{d.pid}/maps").read()
     assert "libtorch" not in maps and "libcuda" not in maps
     assert sup.memory_info().rss < 60 * 2**20
@@ -64,7 +66,7 @@ def test_reload_scales_2_to_4_to_1_without_losing_jobs(broker, daemon_factory):
     d.signal(signal.SIGHUP)
     wait_for(lambda: len(d.workers()) == 4, 60, "4 workers")
     d.wait_ready(count=2)
-    assert d.titles()[-1] == "whisperd: worker 4 [idle]" or "busy" in d.titles()[-1]
+    wait_for(lambda: d.titles() == [f"whisperd: worker {i} [idle]" for i in (1, 2, 3, 4)], 30, "4 idle workers")
     for i in range(6):
         submit(broker, d, JFK.path, f"scale-b{i}")
     d.configure(workers={"count": 1})
@@ -79,6 +81,20 @@ def test_reload_scales_2_to_4_to_1_without_losing_jobs(broker, daemon_factory):
     assert all(c["status"] == "done" for c in got)
     assert broker.get(broker.result_queue, 2) is None
     assert "scaled down" in d.log()
+
+
+def test_reload_with_a_new_thread_count_tells_the_running_worker_without_replacing_it(broker, daemon_factory):
+    d = daemon_factory(workers={"count": 1, "threads": 1}).start()
+    [before] = d.workers()
+    d.configure(workers={"threads": 2})
+    d.signal(signal.SIGHUP)
+    wait_for(lambda: "worker 1: now using 2 threads" in d.log(), 30, "the new count in the worker")
+    d.wait_ready(count=2)
+    assert [w.pid for w in d.workers()] == [before.pid]
+    assert "replacing workers" not in d.log()
+    submit(broker, d, JFK.path, "two-threads")
+    [c] = broker.completions(1, 60)
+    assert (c["task_id"], c["status"]) == ("two-threads", "done")
 
 
 def test_sigterm_during_a_job_drains_it_and_exits_0(broker, daemon_factory, slow_job):

@@ -48,9 +48,10 @@ from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from whisperd import broker
-from whisperd.config import FORMATS, ApiConfig, Config, ConfigError
-from whisperd.contract import DONE, FAILED, PROCESSING, TASK_ID_RE, Completion, JobError, job_body
+from whisperd.config import ApiConfig, Config, ConfigError
+from whisperd.contract import DONE, FAILED, FORMATS, PROCESSING, TASK_ID_RE, Completion, JobError, job_body
 from whisperd.results import atomic_write, fsync_dir
+from whisperd.retry import Backoff, close_quietly
 
 log = logging.getLogger("whisperd.api")
 
@@ -378,19 +379,19 @@ class CompletionListener:
         self._thread.join(10)
 
     def _run(self) -> None:
-        delay = 1.0
+        backoff = Backoff(1.0, self.cfg.broker.reconnect_max_s)
         while not self._stop.is_set():
             try:
                 self._consume()
-                delay = 1.0
+                backoff.reset()
             except Exception as e:
                 self.connected = False
+                delay = backoff.next()
                 if isinstance(e, pika.exceptions.AMQPError | OSError):
                     log.warning("result queue %s: %s; reconnecting in %.0f s", self.queue, e or type(e).__name__, delay)
                 else:
                     log.exception("result queue %s: unexpected error; reconnecting in %.0f s", self.queue, delay)
                 self._stop.wait(delay)
-                delay = min(delay * 2, self.cfg.broker.reconnect_max_s)
 
     def _consume(self) -> None:
         conn = broker.connect(self.cfg.broker, "whisperd api (completions)")
@@ -414,8 +415,7 @@ class CompletionListener:
             channel.cancel()
         finally:
             self.connected = False
-            if conn.is_open:
-                conn.close()
+            close_quietly(conn)
 
     def _handle(self, body: bytes) -> bool:
         """Record one message; False to reject it. OSError (the store failed) propagates."""

@@ -20,6 +20,7 @@ import pika
 import pika.exceptions
 
 from whisperd.config import BrokerConfig, Config, job_deadline_s
+from whisperd.retry import Backoff, close_quietly
 
 log = logging.getLogger("whisperd.broker")
 
@@ -259,7 +260,7 @@ class ConfirmedPublisher:
 
     def publish(self, queue: str, body: bytes, props: pika.BasicProperties) -> None:
         deadline = time.monotonic() + self.retry_for_s
-        delay = 0.5
+        backoff = Backoff(0.5, self.cfg.reconnect_max_s)
         while True:
             try:
                 publish(self.open(), queue, body, props)
@@ -268,16 +269,12 @@ class ConfirmedPublisher:
                 raise
             except (pika.exceptions.AMQPError, OSError) as e:
                 self.close()
+                delay = backoff.next()
                 if time.monotonic() + delay > deadline:
                     raise
                 log.warning("publishing to %s failed (%s); trying again in %.1f s", queue, reason(e), delay)
             time.sleep(delay)
-            delay = min(delay * 2, self.cfg.reconnect_max_s)
 
     def close(self) -> None:
         conn, self.connection, self.channel = self.connection, None, None
-        if conn is not None and conn.is_open:
-            try:
-                conn.close()
-            except Exception:  # already broken: nothing more to release
-                pass
+        close_quietly(conn)

@@ -10,7 +10,8 @@ from pathlib import Path
 
 from whisperd import __version__, logs, models
 from whisperd import config as config_mod
-from whisperd.config import FORMATS, ConfigError
+from whisperd.config import ConfigError
+from whisperd.contract import FORMATS
 
 
 def _load(args: argparse.Namespace) -> config_mod.Config:
@@ -55,6 +56,11 @@ def cmd_status(args: argparse.Namespace) -> int:
     except control.NotRunning as e:
         print(f"whisperd: the daemon is not running ({e})", file=sys.stderr)
         return 3  # LSB: program is not running
+    try:
+        control.check_answered_for(status, str(config_mod.resolve_path(args.config)))
+    except control.OtherDaemon as e:
+        print(f"whisperd: {e}", file=sys.stderr)
+        return 4  # LSB: program or service status is unknown
     print(json.dumps(status, indent=2) if args.json else control.format_status(status))
     return 0
 

@@ -16,9 +16,10 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
+from whisperd.contract import FORMATS
+
 DEFAULT_PATH = Path("/etc/whisperd/whisperd.toml")
 ENV_VAR = "WHISPERD_CONFIG"
-FORMATS = ("json", "txt", "srt", "vtt", "tsv")
 ENGINES = ("openai-whisper", "faster-whisper")
 # CTranslate2 compute types (faster-whisper); auto = int8 on a CPU, float16 on a GPU.
 COMPUTE_TYPES = ("auto", "int8", "int8_float32", "int8_float16", "int8_bfloat16", "int16", "float16", "bfloat16",

@@ -12,8 +12,7 @@ import re
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
-from whisperd.config import FORMATS, ConfigError, TranscribeConfig, checked_value
-
+FORMATS = ("json", "txt", "srt", "vtt", "tsv")  # whisper's writers; a job may ask for any of them
 TASK_ID_RE = re.compile(r"[A-Za-z0-9._-]{1,128}")
 # Whisper feeds only the last 223 prompt tokens to the decoder; a few KB is plenty for names and
 # spelling, and the prompt is stored with the job, so anything longer is refused.
@@ -56,7 +55,6 @@ class ErrorCode:
     TRANSCRIPTION_FAILED = "transcription_failed"
     ATTEMPTS_EXHAUSTED = "attempts_exhausted"
     TASK_ID_CONFLICT = "task_id_conflict"
-    JOB_TIMEOUT = "job_timeout"
 
 
 class JobError(Exception):
@@ -206,12 +204,14 @@ def parse_job(
             ErrorCode.INVALID_OPTION,
             f"initial_prompt is longer than {MAX_PROMPT_BYTES} bytes (whisper uses only its last 223 tokens)",
         )
+    from whisperd import config  # here, not at the top: config imports FORMATS from this module
+
     guards = {}
     for name in GUARD_OPTIONS:  # same type and range checks as the [transcribe] keys
         if body.get(name) is not None:
             try:
-                guards[name] = checked_value(TranscribeConfig, name, body[name])
-            except ConfigError as e:
+                guards[name] = config.checked_value(config.TranscribeConfig, name, body[name])
+            except config.ConfigError as e:
                 raise fail(ErrorCode.INVALID_OPTION, str(e)) from None
     return Job(
         task_id=task_id,

@@ -23,6 +23,7 @@ import time
 from typing import Any
 
 from whisperd.config import Config
+from whisperd.snapshot import PoolSnapshot
 
 log = logging.getLogger("whisperd.supervisor")
 
@@ -118,10 +119,6 @@ class ControlServer:
         log.info("control socket: %s", self.path)
         return True
 
-    def fileno(self) -> int:
-        assert self.sock is not None
-        return self.sock.fileno()
-
     def serve(self, snapshot: Any) -> None:
         """Answer every waiting client with ``snapshot()``; called when the socket is readable."""
         if self.sock is None:
@@ -215,58 +212,66 @@ def query(paths: list[str], timeout: float = 5.0) -> dict[str, Any]:
     raise NotRunning("; ".join(problems))
 
 
-def snapshot(sup: Any) -> dict[str, Any]:
-    """What ``whisperd status`` shows, from the supervisor's own state (no I/O but NVML)."""
+def status_document(snap: PoolSnapshot, answered_on: str) -> dict[str, Any]:
+    """What ``whisperd status`` shows, from the supervisor loop's snapshot of the pool.
+
+    ``config`` and ``socket`` say which daemon answered, so a client can tell it from another.
+    """
     from whisperd import __version__
 
     now_wall = time.time()
-    now = time.monotonic()
-    gpu_mb = sup.gpus.process_memory_mb() if sup.gpus.count else {}
-    workers = []
-    for w in sorted(list(sup.workers.values()), key=lambda w: (w.slot, w.started)):
-        r = w.report
-        since = r.get("since")
-        workers.append(
-            {
-                "slot": w.slot,
-                "pid": w.pid,
-                "state": r.get("state", "booting") if not w.retiring else f"{r.get('state', 'booting')} (retiring)",
-                "task": r.get("task"),
-                "task_elapsed_s": round(now_wall - since, 1) if since and r.get("task") else None,
-                "jobs_done": w.jobs_done,
-                "jobs_failed": w.jobs_failed,
-                "rss_mb": round(w.rss_mb, 1) if w.rss_mb else None,
-                "gpu_mb": gpu_mb.get(w.pid) if sup.gpus.count else None,
-                "device": r.get("device"),
-                "uptime_s": round(now - w.started, 1),
-                "broker": r.get("broker"),
-            }
-        )
-    depth = latest_depths(sup.workers.values())
-    done, failed = sup.job_totals()
+    workers = [
+        {
+            "slot": w.slot,
+            "pid": w.pid,
+            "state": w.state,
+            "exit_reason": w.exit_reason.value if w.exit_reason else None,
+            "task": w.report.task,
+            "task_elapsed_s": round(elapsed, 1) if (elapsed := w.report.elapsed_s(now_wall)) is not None else None,
+            "jobs_done": w.report.done,
+            "jobs_failed": w.report.failed,
+            "rss_mb": round(w.rss_mb, 1) if w.rss_mb else None,
+            "gpu_mb": w.gpu_mb,
+            "device": w.report.device,
+            "uptime_s": round(w.uptime_s, 1),
+            "broker": w.report.broker.value,
+        }
+        for w in snap.workers
+    ]
+    depth = snap.depths
     return {
         "pid": os.getpid(),
         "version": __version__,
-        "state": sup.state,
-        "config": sup.cfg.path,
-        "workers_wanted": sup.cfg.workers.count,
+        "state": snap.state,
+        "config": snap.config,
+        "socket": answered_on,
+        "workers_wanted": snap.workers_wanted,
         "workers": workers,
-        "jobs_done": done,
-        "jobs_failed": failed,
-        "restarts": sup.restarts,
-        "broker": sup.broker_state(),
-        "job_queue": sup.cfg.broker.job_queue,
-        "queue_depth": depth.get("jobs"),
-        "dead_letter_depth": depth.get("dead"),
-        "depth_age_s": round(now_wall - depth["ts"], 1) if depth else None,
+        "jobs_done": snap.jobs_done,
+        "jobs_failed": snap.jobs_failed,
+        "restarts": snap.restarts,
+        "broker": snap.broker.value,
+        "job_queue": snap.job_queue,
+        "queue_depth": depth.jobs if depth else None,
+        "dead_letter_depth": depth.dead if depth else None,
+        "depth_age_s": round(now_wall - depth.ts, 1) if depth else None,
     }
 
 
-def latest_depths(workers: Any) -> dict[str, Any]:
-    """The freshest queue depths any worker reported: {"jobs", "dead", "ts"} or {}."""
-    reports = [w.report.get("queue") for w in list(workers)]
-    fresh = [q for q in reports if isinstance(q, dict) and "ts" in q]
-    return max(fresh, key=lambda q: q["ts"]) if fresh else {}
+class OtherDaemon(RuntimeError):
+    """The daemon that answered runs another configuration than the one asked about."""
+
+
+def check_answered_for(status: dict[str, Any], config_path: str) -> None:
+    """Refuse a status that another daemon gave: several daemons may share the default socket path,
+    and only the first to start owns it. Raises OtherDaemon saying which daemon answered."""
+    theirs = status.get("config")
+    if theirs is None or os.path.realpath(theirs) != os.path.realpath(config_path):
+        raise OtherDaemon(
+            f"the daemon that answered on {status.get('socket', 'the control socket')} (pid {status.get('pid')}) "
+            f"runs {theirs or 'an unknown configuration'}, not {config_path}; the daemon of {config_path} is not "
+            "running, or could not open its control socket (set control.socket to run several daemons)"
+        )
 
 
 def format_status(s: dict[str, Any]) -> str:
@@ -280,6 +285,7 @@ def format_status(s: dict[str, Any]) -> str:
     lines = [
         f"whisperd {s['version']} (pid {s['pid']}): {s['state']}, {len(s['workers'])}/{s['workers_wanted']} workers, "
         f"{s['jobs_done']} done, {s['jobs_failed']} failed, {s['restarts']} restarts",
+        f"config: {s.get('config') or '-'}; control socket: {s.get('socket') or '-'}",
         f"broker: {s['broker']}; queue {s['job_queue']}: {depth}; dead letters: {dead}",
         "",
         f"{'SLOT':>4} {'PID':>7}  {'STATE':<18} {'TASK':<34} {'ELAPSED':>8} {'DONE':>5} {'FAILED':>6} "

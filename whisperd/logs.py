@@ -11,6 +11,8 @@ import logging
 import os
 import re
 import sys
+from collections.abc import MutableMapping
+from typing import Any
 
 # "scheme://user:password@": the password runs to the last "@" of the word (it may hold "@" or "/").
 URL_CREDENTIALS = re.compile(r"(?P<head>[A-Za-z][\w+.-]*://[^:/\s@'\"]*):[^\s'\"]*@")
@@ -71,3 +73,13 @@ def setup(level: str = "INFO") -> None:
 def set_level(level: str) -> None:
     logging.getLogger("whisperd").setLevel(level.upper())
     logging.getLogger().setLevel(logging.WARNING if level.upper() != "DEBUG" else logging.DEBUG)
+
+
+class Labelled(logging.LoggerAdapter):
+    """A logger whose every line starts with whose it is (``worker 2: ...``)."""
+
+    def __init__(self, logger: logging.Logger, label: str) -> None:
+        super().__init__(logger, {"label": label})
+
+    def process(self, msg: object, kwargs: MutableMapping[str, Any]) -> tuple[object, MutableMapping[str, Any]]:
+        return f"{self.extra['label']}: {msg}", kwargs  # type: ignore[index]

@@ -31,7 +31,6 @@ class MediaFile:
     """An opened audio file inside media_root; closes its descriptor when done."""
 
     fd: int
-    path: str
     size: int
 
     def close(self) -> None:
@@ -81,7 +80,7 @@ def open_media(media_root: str, audio_path: str, max_bytes: int, task_id: str | 
         if e.errno == errno.ELOOP:
             raise fail(ErrorCode.PATH_OUTSIDE_MEDIA_ROOT, f"audio_path {audio_path!r} changed while opening") from None
         raise fail(ErrorCode.FILE_UNREADABLE, f"cannot open audio file {audio_path!r}: {e.strerror}") from None
-    media = MediaFile(fd, real, 0)
+    media = MediaFile(fd, 0)
     try:
         opened = os.readlink(f"/proc/self/fd/{fd}")
         if not _inside(root, opened):

@@ -9,17 +9,17 @@ thread; the main loop only ever sets values, so a slow scraper cannot stall supe
 from __future__ import annotations
 
 import logging
-import os
 import time
-from typing import Any
 
 from whisperd.config import split_listen
+from whisperd.reporting import BrokerState, WorkerReport, WorkerState
+from whisperd.snapshot import PoolSnapshot
 
 log = logging.getLogger("whisperd.supervisor")
 
 DURATION_BUCKETS = (0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1200, 3600)
 RTF_BUCKETS = (0.01, 0.02, 0.05, 0.1, 0.2, 0.35, 0.5, 0.75, 1, 1.5, 2, 5)
-STATES = ("booting", "connecting", "idle", "busy", "draining")
+STATES = tuple(s.value for s in WorkerState if s is not WorkerState.BOOT_FAILED)  # always exported, 0 or not
 
 
 class MetricsError(RuntimeError):
@@ -29,13 +29,13 @@ class MetricsError(RuntimeError):
 class NullMetrics:
     """metrics.listen is empty: every hook is a no-op, so the supervisor calls them unconditionally."""
 
-    def on_report(self, pid: int, report: dict[str, Any]) -> None:
+    def on_report(self, pid: int, report: WorkerReport) -> None:
         pass
 
-    def worker_exited(self, w: Any, status: int, stopping: bool) -> None:
+    def worker_exited(self, pid: int, slot: int, restart: str | None) -> None:
         pass
 
-    def update(self, sup: Any) -> None:
+    def update(self, snap: PoolSnapshot) -> None:
         pass
 
     def close_in_child(self) -> None:
@@ -47,22 +47,6 @@ class NullMetrics:
 
 def start(listen: str) -> NullMetrics | Metrics:
     return Metrics(listen) if listen else NullMetrics()
-
-
-def restart_reason(w: Any, status: int) -> str | None:
-    """Why a worker is being replaced, as a label; None when it was retired on purpose.
-
-    Reads the cause the supervisor records on the WorkerProc when it kills or recycles one.
-    """
-    if w.cause == "recycled_memory":
-        return w.cause
-    if w.retiring is not None:
-        return None  # scaled down, replaced after a reload: planned, not a restart
-    if w.killed:
-        return w.cause or "killed"
-    if os.waitstatus_to_exitcode(status) == 0:
-        return "recycled_max_jobs"
-    return "crashed" if w.ready else "boot_failed"
 
 
 class Metrics:
@@ -101,60 +85,54 @@ class Metrics:
             raise MetricsError(f"metrics.listen = {listen!r}: cannot listen: {e}") from None
         log.info("metrics: http://%s:%d/metrics", host, self.server.server_port)
 
-    def on_report(self, pid: int, report: dict[str, Any]) -> None:
+    def on_report(self, pid: int, report: WorkerReport) -> None:
         """Count a finished job once: reports repeat the last one, ``seq`` tells them apart."""
-        job = report.get("job")
-        if not isinstance(job, dict) or job.get("seq", 0) <= self._seen.get(pid, 0):
+        job = report.job
+        if job is None or job.seq <= self._seen.get(pid, 0):
             return
-        self._seen[pid] = job["seq"]
-        self.jobs.labels(job.get("status") or "unknown", job.get("code") or "").inc()
-        if job.get("reused") or job.get("status") != "done":
+        self._seen[pid] = job.seq
+        self.jobs.labels(job.status or "unknown", job.code or "").inc()
+        if job.reused or job.status != "done":
             return  # answered from disk: no transcription to time
-        processing, audio = job.get("processing_s"), job.get("duration_s")
-        if processing is not None:
-            self.duration.observe(processing)
-        if audio:
-            self.audio.inc(audio)
-            if processing is not None:
-                self.rtf.observe(processing / audio)
+        if job.processing_s is not None:
+            self.duration.observe(job.processing_s)
+        if job.duration_s:
+            self.audio.inc(job.duration_s)
+            if job.processing_s is not None:
+                self.rtf.observe(job.processing_s / job.duration_s)
 
-    def worker_exited(self, w: Any, status: int, stopping: bool) -> None:
-        self._seen.pop(w.pid, None)
+    def worker_exited(self, pid: int, slot: int, restart: str | None) -> None:
+        """Forget an exited worker; ``restart`` is the reason it is replaced (None: retired, or a stop)."""
+        self._seen.pop(pid, None)
         for gauge in (self.rss, self.gpu):
             try:
-                gauge.remove(str(w.slot))
+                gauge.remove(str(slot))
             except KeyError:
                 pass
-        reason = None if stopping else restart_reason(w, status)
-        if reason:
-            self.restarts.labels(reason).inc()
+        if restart:
+            self.restarts.labels(restart).inc()
 
-    def update(self, sup: Any) -> None:
-        """Copy the supervisor's view into gauges, at most once a second."""
+    def update(self, snap: PoolSnapshot) -> None:
+        """Copy the loop's snapshot into gauges, at most once a second."""
         now = time.monotonic()
         if now - self._last_update < 1.0:
             return
         self._last_update = now
-        from whisperd.control import latest_depths
-
-        workers = list(sup.workers.values())
-        depth = latest_depths(workers)
+        depth = snap.depths
         if depth:
-            self.queue_depth.set(depth["jobs"])
-            self.dead_depth.set(depth["dead"])
-        self.broker_up.set(1 if sup.broker_state() == "ok" else 0)
+            self.queue_depth.set(depth.jobs)
+            self.dead_depth.set(depth.dead)
+        self.broker_up.set(1 if snap.broker is BrokerState.OK else 0)
         counts = dict.fromkeys(STATES, 0)
-        for w in workers:
-            state = w.report.get("state", "booting")
-            counts[state] = counts.get(state, 0) + 1
+        for w in snap.workers:
+            counts[w.report.state.value] = counts.get(w.report.state.value, 0) + 1
         for state, n in counts.items():
             self.workers.labels(state).set(n)
-        gpu_mb = sup.gpus.process_memory_mb() if sup.gpus.count else {}
-        for w in workers:
+        for w in snap.workers:
             if w.rss_mb:
                 self.rss.labels(str(w.slot)).set(w.rss_mb * 2**20)
-            if w.pid in gpu_mb:
-                self.gpu.labels(str(w.slot)).set(gpu_mb[w.pid] * 2**20)
+            if w.gpu_mb is not None:
+                self.gpu.labels(str(w.slot)).set(w.gpu_mb * 2**20)
 
     def close_in_child(self) -> None:
         """In a forked worker: drop the listening socket (the serving thread was not forked)."""

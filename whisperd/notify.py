@@ -42,9 +42,6 @@ class Notifier:
     def stopping(self, drain_s: float) -> None:
         self.send("STOPPING=1", f"EXTEND_TIMEOUT_USEC={int(drain_s * 1e6)}")
 
-    def extend(self, seconds: float) -> None:
-        self.send(f"EXTEND_TIMEOUT_USEC={int(seconds * 1e6)}")
-
     def status(self, text: str) -> None:
         if text != self._status:
             self._status = text

@@ -19,8 +19,6 @@ from whisperd.contract import DONE, Completion, ErrorCode, Job, JobError, parse_
 from whisperd.results import ResultStore
 from whisperd.transcriber import Transcriber
 
-log = logging.getLogger("whisperd.worker")
-
 
 @dataclass
 class Outcome:
@@ -37,14 +35,21 @@ class Outcome:
 
 class Pipeline:
     def __init__(
-        self, cfg: Config, transcriber: Transcriber, store: ResultStore, worker_name: str, label: str, threads: int = 1
+        self, cfg: Config, transcriber: Transcriber, store: ResultStore, worker_name: str, log: logging.LoggerAdapter
     ) -> None:
         self.cfg = cfg
-        self.label = label
+        self.log = log
         self.transcriber = transcriber
         self.store = store
         self.worker_name = worker_name
-        self.threads = threads
+
+    @property
+    def threads(self) -> int:
+        """The job's thread count, for ffmpeg as for the model: kept once, in the transcriber."""
+        return self.transcriber.threads
+
+    def set_threads(self, threads: int) -> None:
+        self.transcriber.threads = threads
 
     def run(
         self,
@@ -62,7 +67,7 @@ class Pipeline:
         try:
             stored = self.store.lookup(job, lambda: self._audio_size(job))
             if stored is not None:
-                log.info("%s: task %s: already done, answering from the stored result", self.label, job.task_id)
+                self.log.info("task %s: already done, answering from the stored result", job.task_id)
                 self.store.end_attempts(job.task_id)  # a copy killed mid-way may have left a count
                 return Outcome(stored, reused=True)
             attempt = self.store.begin_attempt(job.task_id)
@@ -116,15 +121,15 @@ class Pipeline:
         except (MemoryError, JobError):
             raise
         except Exception as e:  # a model error on this input: report it, keep serving
-            log.exception("%s: task %s: transcription failed", self.label, job.task_id)
+            self.log.exception("task %s: transcription failed", job.task_id)
             raise JobError(ErrorCode.TRANSCRIPTION_FAILED, f"transcription failed: {e}", job.task_id) from e
         speech_s = result.pop("speech_s", None)  # the speech gate's figure: for the completion, not the files
         stored = self.store.lookup(job, lambda: audio_size)
         if stored is not None:
             # Another worker finished this job while this one ran it (the broker requeued it, e.g.
             # while this host was cut off): the result stored first stands, so every answer is the same.
-            log.info("%s: task %s: transcribed again, but another worker stored it first; keeping that result",
-                     self.label, job.task_id)  # fmt: skip
+            self.log.info("task %s: transcribed again, but another worker stored it first; keeping that result",
+                          job.task_id)  # fmt: skip
             return stored
         paths = self.store.write(job.task_id, result, job.formats)
         completion = Completion(
@@ -139,15 +144,15 @@ class Pipeline:
             speech_s=speech_s,
         )
         self.store.commit(job, completion, audio_size)
-        log.info(
-            "%s: task %s: done, %.1f s of %s audio in %.2f s",
-            self.label, job.task_id, duration, completion.language, completion.processing_s,
+        self.log.info(
+            "task %s: done, %.1f s of %s audio in %.2f s",
+            job.task_id, duration, completion.language, completion.processing_s,
         )  # fmt: skip
         return completion
 
     def _failed(self, err: JobError, started: float) -> Outcome:
         task = f"task {err.task_id}" if err.task_id else "job without a valid task_id"
-        log.error("%s: %s: failed: %s: %s", self.label, task, err.code, err.message)
+        self.log.error("%s: failed: %s: %s", task, err.code, err.message)
         if err.task_id is None:
             return Outcome(None, ack=False, reason=f"{err.code}: {err.message}")
         return Outcome(Completion.failure(err, self.worker_name, round(time.monotonic() - started, 3)))

@@ -23,7 +23,6 @@ from whisperd.contract import Completion, ErrorCode, Job, JobError
 
 MARKER_DIR = ".whisperd"
 HOST = socket.gethostname()
-WRITER_OPTIONS = {"highlight_words": False, "max_line_width": None, "max_line_count": None, "max_words_per_line": None}
 
 
 @contextmanager
@@ -101,7 +100,7 @@ class ResultStore:
             path = self.path(task_id, fmt)
             writer = get_writer(fmt, self.results_dir)
             with atomic_write(path, sync_dir=False) as f:
-                writer.write_result(result, file=f, options=WRITER_OPTIONS)
+                writer.write_result(result, file=f)
             paths[fmt] = path
         fsync_dir(self.results_dir)  # once for all formats, before the marker can say "done"
         return paths

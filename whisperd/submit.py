@@ -20,8 +20,8 @@ import pika.exceptions
 from tqdm import tqdm
 
 from whisperd import broker
-from whisperd.config import FORMATS, Config
-from whisperd.contract import DONE, FAILED, PROCESSING, Completion, JobError, job_body
+from whisperd.config import Config
+from whisperd.contract import DONE, FAILED, FORMATS, PROCESSING, Completion, JobError, job_body
 
 SUBMIT_DIR = "submitted"
 PUBLISH_RETRY_S = 120.0  # how long a job is offered to the cluster's nodes before submit gives up

@@ -1,8 +1,10 @@
 """The supervisor: forks N workers, keeps them alive and right-sized, talks to systemd.
 
-Modelled on gunicorn's arbiter: signal handlers only queue the signal and wake the loop; one
-loop reaps children, handles queued signals through ``handle_<name>`` methods, kills what is
-stuck or too big, and spawns or retires workers to match the configuration.
+Modelled on gunicorn's arbiter: signal handlers only queue the signal (``signal.set_wakeup_fd``
+wakes the loop); one loop reaps children, handles queued signals through ``handle_<name>``
+methods, and applies what the policies in ``whisperd.pool`` decide: kill what is stuck or too
+big, spawn or retire workers to match the configuration. Every decision is made in ``pool``;
+this module does the effects: signals, forks, logs, systemd.
 
 It never imports torch and never touches CUDA, so every worker is forked from a clean process
 and loads its own model after the fork.
@@ -17,7 +19,6 @@ from __future__ import annotations
 
 import dataclasses
 import errno
-import json
 import logging
 import os
 import select
@@ -25,85 +26,30 @@ import signal
 import socket
 import sys
 import time
-from dataclasses import dataclass, field
 from typing import Any
 
 import psutil
 from setproctitle import setproctitle
 
 from whisperd import config as config_mod
-from whisperd import control, logs, metrics, models
+from whisperd import control, logs, metrics, models, pool
 from whisperd.config import Config, ConfigError
 from whisperd.gpu import Gpus
 from whisperd.memory import hard_rss_limit_mb
 from whisperd.notify import Notifier
-from whisperd.reporting import read_reports
+from whisperd.pool import ExitReason, Phase, Slot, WorkerProc
+from whisperd.reporting import WorkerSettings, read_reports, send_settings
+from whisperd.snapshot import PoolSnapshot, view
 
 log = logging.getLogger("whisperd.supervisor")
 
-READY_STATES = ("idle", "busy", "draining", "connecting")
-BACKOFF_MAX_S = 60.0
-STABLE_AFTER_S = 60.0
 QUIT_GRACE_S = 10.0
-
-
-@dataclass
-class WorkerProc:
-    pid: int
-    slot: int
-    sock: socket.socket
-    generation: int
-    started: float = field(default_factory=time.monotonic)
-    last_seen: float = field(default_factory=time.monotonic)
-    report: dict[str, Any] = field(default_factory=dict)
-    ready_at: float | None = None
-    retiring: str | None = None  # why we asked it to stop
-    holds_slot: bool = False  # a recycled worker keeps its slot until it exits
-    killed: str | None = None  # why we killed it, for the log
-    cause: str | None = None  # why we killed or recycled it, as a metrics label
-    rss_mb: float = 0.0
-
-    @property
-    def ready(self) -> bool:
-        return self.ready_at is not None
-
-    @property
-    def jobs_done(self) -> int:
-        return int(self.report.get("done", 0))
-
-    @property
-    def jobs_failed(self) -> int:
-        return int(self.report.get("failed", 0))
-
-    @property
-    def counted(self) -> bool:
-        """Whether it counts towards workers.count."""
-        return self.retiring is None or self.holds_slot
-
-
-@dataclass
-class Slot:
-    failures: int = 0
-    boot_failures: int = 0
-    not_before: float = 0.0
-    last_error: str = ""
-
-
-def worker_fingerprint(cfg: Config) -> dict[str, Any]:
-    """The settings a running worker was built with; a change means replacing it."""
-    data = cfg.to_dict()
-    w = data.pop("workers")
-    for section in ("logging", "control", "metrics", "api"):  # the supervisor's own, not the workers'
-        data.pop(section)
-    data["max_jobs"] = (w["max_jobs"], w["max_jobs_jitter"])
-    return data
+MEMORY_CHECK_EVERY_S = 1.0
 
 
 def threads_for(cfg: Config) -> int:
     """workers.threads, or the cores this process may use split evenly over the workers."""
-    if cfg.workers.threads:
-        return cfg.workers.threads
-    return max(1, len(os.sched_getaffinity(0)) // cfg.workers.count)
+    return pool.threads_for(cfg, len(os.sched_getaffinity(0)))
 
 
 class Supervisor:
@@ -118,8 +64,7 @@ class Supervisor:
     def __init__(self, cfg: Config) -> None:
         self.cfg = cfg
         self.generation = 0
-        self.fingerprint = worker_fingerprint(cfg)
-        self.previous: tuple[Config, int, dict[str, Any]] | None = None  # to roll back a failed reload
+        self.previous: Config | None = None  # to roll back a reload whose workers cannot start
         self.workers: dict[int, WorkerProc] = {}
         self.slots: dict[int, Slot] = {}
         self.sig_queue: list[int] = []
@@ -132,8 +77,10 @@ class Supervisor:
         self.failed_by_exited = 0
         self.restarts = 0
         self._last_memory_check = 0.0
+        self._gpu_checked, self._gpu_mb = 0.0, {}
         self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         self.control = control.ControlServer(control.socket_path(cfg))
+        self._control_waiting = False
         self.metrics: metrics.NullMetrics | metrics.Metrics = metrics.NullMetrics()
 
     # -- main loop ------------------------------------------------------------------------------
@@ -141,6 +88,7 @@ class Supervisor:
     def run(self) -> int:
         for sig in self.SIGNALS:
             signal.signal(sig, self._queue_signal)
+        signal.set_wakeup_fd(self._wake_w)
         log.info(
             "whisperd starting: %d workers, model %s, queue %s, %d threads per worker, memory ceiling %s",
             self.cfg.workers.count, self.cfg.model.name, self.cfg.broker.job_queue, threads_for(self.cfg),
@@ -164,12 +112,9 @@ class Supervisor:
                 self.reap()
                 if self.state == "stopping":
                     self._drain_step()
-                    continue
-                self.murder_stuck()
-                self.check_memory()
-                self.manage_workers()
-                self._notify_progress()
-                self.metrics.update(self)
+                else:
+                    self._supervise()
+                self._publish(self.snapshot(gpu=True))
         except Exception:
             log.exception("supervisor failed; stopping workers")
             self._kill_all(signal.SIGKILL)
@@ -179,18 +124,37 @@ class Supervisor:
             self.metrics.close()
         return self.exit_code
 
+    def _supervise(self) -> None:
+        """One pass of the policies: kill what is stuck or too big, then match the configuration."""
+        now = time.monotonic()
+        self._apply(pool.find_stuck(self.workers.values(), self.cfg, now, time.time()))
+        if now - self._last_memory_check >= MEMORY_CHECK_EVERY_S:
+            self._last_memory_check = now
+            self._measure_rss()
+            self._apply(pool.check_memory(self.workers.values(), self.cfg.workers.max_rss_mb, self.hard_rss_mb))
+        if not pool.old_generation_left(self.workers.values(), self.generation):
+            self.previous = None  # the reload is complete: nothing left to roll back to
+        self._apply(
+            pool.scale(self.workers.values(), self.slots, self.cfg.workers.count, self.generation, now, self._gpu_room)
+        )
+
+    def _publish(self, snap: PoolSnapshot) -> None:
+        """Hand the pass's snapshot to systemd, the metrics and any waiting `whisperd status`."""
+        if self.state in ("starting", "reloading", "running"):
+            self._notify_progress(snap)
+        self.metrics.update(snap)
+        if self._control_waiting:
+            self._control_waiting = False
+            self.control.serve(lambda: control.status_document(snap, self.control.path))
+
     def _queue_signal(self, signum: int, frame: Any) -> None:
         if len(self.sig_queue) < 10:
             self.sig_queue.append(signum)
-        try:
-            os.write(self._wake_w, b".")
-        except OSError:
-            pass
 
     def _sleep(self) -> None:
         if self.sig_queue:
             return
-        fds = [self._wake_r] + [w.sock for w in self.workers.values()]
+        fds: list[Any] = [self._wake_r] + [w.sock for w in self.workers.values() if w.sock is not None]
         if self.control.sock is not None:
             fds.append(self.control.sock)
         try:
@@ -200,8 +164,7 @@ class Supervisor:
                 return
             raise
         if self.control.sock is not None and self.control.sock in readable:
-            self._read_reports()  # answer with what the workers said just now
-            self.control.serve(lambda: control.snapshot(self))
+            self._control_waiting = True  # answered at the end of this pass, from its snapshot
         if self._wake_r in readable:
             try:
                 while os.read(self._wake_r, 4096):
@@ -212,16 +175,18 @@ class Supervisor:
     def _read_reports(self) -> None:
         now = time.monotonic()
         for w in self.workers.values():
-            reports = read_reports(w.sock)
+            reports = read_reports(w.sock) if w.sock is not None else []
             if not reports:
                 continue
             w.last_seen = now
-            for r in reports:
-                w.report.update(r)
+            for r in reports:  # each report is whole: the last one is the worker's state
+                w.report = r
                 self.metrics.on_report(w.pid, r)
-            if not w.ready and w.report.get("state") in READY_STATES:
+            if not w.ready and w.report.state.ready:
                 w.ready_at = now
-                self.slots.setdefault(w.slot, Slot()).boot_failures = 0
+                if w.phase is Phase.STARTING:
+                    w.change_phase(Phase.RUNNING)
+                self.slots[w.slot] = dataclasses.replace(self.slots.get(w.slot, Slot()), boot_failures=0)
                 log.info("worker %d (pid %d) ready in %.1f s", w.slot, w.pid, now - w.started)
 
     def _title(self) -> None:
@@ -253,32 +218,24 @@ class Supervisor:
             new = config_mod.load(self.cfg.path)
         except ConfigError as e:
             log.error("reload failed, keeping the running configuration: %s", e)
-            self.notifier.ready(self._status_text())
+            self.notifier.ready(self.snapshot().status_text())
             return
         if missing := models.missing_reason(new.model):
             log.error("reload failed, keeping the running configuration: %s", missing)
-            self.notifier.ready(self._status_text())
+            self.notifier.ready(self.snapshot().status_text())
             return
         logs.set_level(new.logging.level)
-        fingerprint = worker_fingerprint(new)
-        if fingerprint != self.fingerprint:
-            self.previous = (self.cfg, self.generation, self.fingerprint)
+        plan = pool.plan_reload(self.cfg, new, len(os.sched_getaffinity(0)))
+        if plan.replace_workers:
+            self.previous = self.cfg
             self.generation += 1
-            self.fingerprint = fingerprint
             log.info("worker settings changed: replacing workers one at a time")
-        old_threads = threads_for(self.cfg)
         self.cfg = new
-        if threads_for(new) != old_threads:
-            self._tell_workers(threads=threads_for(new))
+        if plan.threads is not None:
+            for w in self.workers.values():
+                if w.sock is not None:
+                    send_settings(w.sock, WorkerSettings(threads=plan.threads))
         self.state = "reloading"
-
-    def _tell_workers(self, **message: Any) -> None:
-        payload = json.dumps(message).encode()
-        for w in self.workers.values():
-            try:
-                w.sock.send(payload)
-            except OSError:
-                pass
 
     # -- stop -----------------------------------------------------------------------------------
 
@@ -289,7 +246,7 @@ class Supervisor:
         drain = self.cfg.workers.drain_timeout if graceful else QUIT_GRACE_S
         self.stop_deadline = time.monotonic() + drain
         self.notifier.stopping(drain + 5)
-        busy = sum(1 for w in self.workers.values() if w.report.get("state") == "busy")
+        busy = sum(1 for w in self.workers.values() if w.busy)
         log.info(
             "%s: %d workers, %d busy%s",
             "stopping gracefully" if graceful else "fast stop", len(self.workers), busy,
@@ -299,7 +256,8 @@ class Supervisor:
         for w in self.workers.values():
             fast = not graceful or not w.ready
             self._signal(w, signal.SIGQUIT if fast else signal.SIGTERM)
-            w.retiring = w.retiring or "stop"
+            if w.phase in (Phase.STARTING, Phase.RUNNING):
+                w.change_phase(Phase.STOPPING, ExitReason.STOP, "stop")
 
     def _drain_step(self) -> None:
         if not self.workers:
@@ -310,7 +268,7 @@ class Supervisor:
             for w in self.workers.values():
                 log.warning(
                     "worker %d (pid %d) still busy with task %s after the drain timeout; killing it "
-                    "(the job returns to the queue)", w.slot, w.pid, w.report.get("task"),
+                    "(the job returns to the queue)", w.slot, w.pid, w.report.task,
                 )  # fmt: skip
             self._kill_all(signal.SIGKILL)
             self.stop_deadline = time.monotonic() + 5
@@ -330,6 +288,52 @@ class Supervisor:
         except ProcessLookupError:
             pass
 
+    # -- actions --------------------------------------------------------------------------------
+
+    def _apply(self, actions: list[pool.Action]) -> None:
+        for action in actions:
+            if isinstance(action, pool.Spawn):
+                self.spawn(action.slot)
+                continue
+            if isinstance(action, pool.WaitForGpu):
+                log.warning(
+                    "worker %d: not enough free GPU memory for model %s; waiting", action.slot, self.cfg.model.name
+                )
+                slot = self.slots.get(action.slot, Slot())
+                self.slots[action.slot] = dataclasses.replace(slot, gpu_wait_until=action.until)
+                continue
+            w = self.workers.get(action.pid)
+            if w is None:
+                continue
+            if isinstance(action, pool.Kill):
+                log.error("worker %d (pid %d): %s; killing it", w.slot, w.pid, action.why)
+                w.change_phase(Phase.KILLED, action.reason, action.why)
+                self._signal(w, signal.SIGKILL)
+            elif action.reason is ExitReason.RECYCLED_MEMORY:
+                log.warning("worker %d (pid %d): %s; recycling it after its job", w.slot, w.pid, action.why)
+                w.change_phase(Phase.STOPPING, action.reason, "recycled for memory")
+                self._signal(w, signal.SIGTERM)
+            else:
+                log.info("worker %d (pid %d): %s; it finishes its job first", w.slot, w.pid, action.why)
+                w.change_phase(Phase.STOPPING, action.reason, action.why)
+                self._signal(w, signal.SIGTERM if w.ready else signal.SIGQUIT)
+
+    def _gpu_room(self, slot: int) -> bool:
+        device = self.gpus.device_for(slot, self.cfg.model.device)
+        return self.gpus.has_room(device, self.cfg.model.device, self.cfg.model.name)
+
+    def _measure_rss(self) -> None:
+        for w in list(self.workers.values()):
+            try:
+                w.rss_mb = psutil.Process(w.pid).memory_info().rss / 2**20
+            except psutil.Error:
+                continue
+
+    @property
+    def hard_rss_mb(self) -> int:
+        """The RSS at which a worker is killed at once (workers.hard_rss_mb, derived when -1)."""
+        return hard_rss_limit_mb(self.cfg)
+
     # -- children -------------------------------------------------------------------------------
 
     def reap(self) -> None:
@@ -345,63 +349,56 @@ class Supervisor:
                 self._worker_exited(w, status)
 
     def _worker_exited(self, w: WorkerProc, status: int) -> None:
-        w.sock.close()
+        if w.sock is not None:
+            w.sock.close()
+            w.sock = None
         self.done_by_exited += w.jobs_done
         self.failed_by_exited += w.jobs_failed
         how = describe_status(status)
-        self.metrics.worker_exited(w, status, stopping=self.state == "stopping")
-        slot = self.slots.setdefault(w.slot, Slot())
-        if self.state == "stopping":
+        slot = self.slots.get(w.slot, Slot())
+        verdict = pool.judge_exit(
+            w, pool.exit_code_of(status), how, slot, self.cfg.workers.boot_attempts, time.monotonic()
+        )
+        w.change_phase(Phase.EXITED)
+        stopping = self.state == "stopping"
+        self.metrics.worker_exited(w.pid, w.slot, None if stopping else verdict.reason.restart_label)
+        if stopping:
             log.info("worker %d (pid %d) stopped (%s)", w.slot, w.pid, how)
             return
-        expected = w.retiring is not None or (w.killed is None and os.waitstatus_to_exitcode(status) == 0)
-        if expected:
-            log.info("worker %d (pid %d) exited (%s%s)", w.slot, w.pid, how, f", {w.retiring}" if w.retiring else "")
+        self.slots[w.slot] = verdict.slot
+        if verdict.expected:
+            log.info("worker %d (pid %d) exited (%s%s)", w.slot, w.pid, how, f", {w.why}" if w.why else "")
             return
         self.restarts += 1
-        if not w.ready:
-            slot.boot_failures += 1
-            slot.last_error = w.killed or w.report.get("error") or how
+        if verdict.failed_start:
             log.error(
                 "worker %d (pid %d) failed to start (%s): %s [attempt %d of %d]",
-                w.slot, w.pid, how, slot.last_error, slot.boot_failures, self.cfg.workers.boot_attempts,
+                w.slot, w.pid, how, verdict.slot.last_error, verdict.slot.boot_failures, self.cfg.workers.boot_attempts,
             )  # fmt: skip
-            if slot.boot_failures >= self.cfg.workers.boot_attempts:
-                self._give_up(slot, w)
+            if verdict.give_up:
+                self._give_up(w, verdict.slot)
                 return
         else:
-            task = w.report.get("task")
+            task = w.report.task
             log.error(
                 "worker %d (pid %d) died (%s)%s; restarting it",
-                w.slot, w.pid, w.killed or how, f" while on task {task}, which goes back to the queue" if task else "",
+                w.slot, w.pid, w.why or how, f" while on task {task}, which goes back to the queue" if task else "",
             )  # fmt: skip
-        if w.killed is None or not w.ready:
-            # Backoff is for crash loops: a worker that stayed up a while or finished jobs was
-            # healthy, and its death is about one job (which the attempt limit deals with).
-            worked = w.jobs_done + w.jobs_failed > 0
-            if worked or time.monotonic() - w.started > STABLE_AFTER_S:
-                slot.failures = 0
-            slot.failures += 1
-            delay = min(BACKOFF_MAX_S, 2.0 ** (slot.failures - 1))
-            slot.not_before = time.monotonic() + delay
-            if delay > 1:
-                log.info("worker %d will restart in %.0f s", w.slot, delay)
+        if verdict.backoff_s > 1:
+            log.info("worker %d will restart in %.0f s", w.slot, verdict.backoff_s)
 
-    def _give_up(self, slot: Slot, w: WorkerProc) -> None:
+    def _give_up(self, w: WorkerProc, slot: Slot) -> None:
         """Workers that cannot start: roll back a reload, or stop with the reason (no fork storm)."""
-        if self.previous is not None and w.generation == self.generation:
-            cfg, generation, fingerprint = self.previous
+        if pool.roll_back_on_give_up(w, self.generation, reload_pending=self.previous is not None):
+            assert self.previous is not None
             log.error(
                 "reload aborted: workers with the new settings cannot start (%s); keeping the previous settings",
                 slot.last_error,
             )
+            self.cfg = pool.roll_back(self.previous, self.cfg)
             self.previous = None
-            self.cfg, self.generation, self.fingerprint = (
-                dataclasses.replace(cfg, workers=self.cfg.workers),
-                generation,
-                fingerprint,
-            )
-            slot.boot_failures = 0
+            self.generation -= 1
+            self.slots[w.slot] = dataclasses.replace(slot, boot_failures=0)
             return
         log.critical(
             "giving up: worker %d failed to start %d times in a row: %s", w.slot, slot.boot_failures, slot.last_error
@@ -419,7 +416,7 @@ class Supervisor:
         if pid:
             child_sock.close()
             parent_sock.setblocking(False)
-            self.workers[pid] = WorkerProc(pid, slot, parent_sock, self.generation)
+            self.workers[pid] = WorkerProc(pid, slot, parent_sock, self.generation, started=time.monotonic())
             log.debug("spawned worker %d (pid %d)", slot, pid)
             return
         code = 1
@@ -437,169 +434,56 @@ class Supervisor:
 
     def _become_worker(self) -> None:
         """In the child: drop everything that belongs to the supervisor."""
+        signal.set_wakeup_fd(-1)
         for sig in self.SIGNALS:
             signal.signal(sig, signal.SIG_DFL)
         os.close(self._wake_r)
         os.close(self._wake_w)
         for w in self.workers.values():
-            w.sock.close()
+            if w.sock is not None:
+                w.sock.close()
         self.workers = {}
         self.notifier.close_in_child()
         self.control.close_in_child()
         self.metrics.close_in_child()
 
-    # -- policies -------------------------------------------------------------------------------
-
-    def murder_stuck(self) -> None:
-        """Kill workers that stopped reporting, never became ready, or overran their job's limit."""
-        now = time.monotonic()
-        wall = time.time()
-        for w in list(self.workers.values()):
-            if w.killed:
-                continue
-            if not w.ready:
-                if now - w.started > self.cfg.workers.ready_timeout:
-                    timeout = self.cfg.workers.ready_timeout
-                    self._kill(w, "ready_timeout", f"not ready after workers.ready_timeout = {timeout:.0f} s")
-            elif now - w.last_seen > self.cfg.workers.timeout:
-                self._kill(w, "heartbeat_timeout", f"no heartbeat for {now - w.last_seen:.0f} s (workers.timeout)")
-            else:
-                since, deadline = w.report.get("since"), w.report.get("deadline")
-                if w.report.get("state") == "busy" and since and deadline and wall - since > deadline:
-                    task = w.report.get("task")
-                    self._kill(w, "job_timeout", f"task {task} exceeded its time limit of {deadline:.0f} s")
-
-    def _kill(self, w: WorkerProc, cause: str, reason: str) -> None:
-        log.error("worker %d (pid %d): %s; killing it", w.slot, w.pid, reason)
-        w.killed, w.cause = reason, cause
-        self._signal(w, signal.SIGKILL)
-
-    @property
-    def hard_rss_mb(self) -> int:
-        """The RSS at which a worker is killed at once (workers.hard_rss_mb, derived when -1)."""
-        return hard_rss_limit_mb(self.cfg)
-
-    def check_memory(self) -> None:
-        """Recycle a worker over max_rss_mb after its job; kill one over hard_rss_mb at once."""
-        now = time.monotonic()
-        if now - self._last_memory_check < 1.0:
-            return
-        self._last_memory_check = now
-        soft, hard = self.cfg.workers.max_rss_mb, self.hard_rss_mb
-        for w in list(self.workers.values()):
-            try:
-                w.rss_mb = psutil.Process(w.pid).memory_info().rss / 2**20
-            except psutil.Error:
-                continue
-            if w.killed:
-                continue
-            if hard and w.rss_mb > hard:
-                self._kill(w, "memory_hard_limit", f"RSS {w.rss_mb:.0f} MB over workers.hard_rss_mb = {hard}")
-            elif soft and w.rss_mb > soft and w.retiring is None and w.ready:
-                log.warning(
-                    "worker %d (pid %d): RSS %.0f MB over workers.max_rss_mb = %d; recycling it after its job",
-                    w.slot, w.pid, w.rss_mb, soft,
-                )  # fmt: skip
-                w.retiring, w.holds_slot, w.cause = "recycled for memory", True, "recycled_memory"
-                self._signal(w, signal.SIGTERM)
-
-    def manage_workers(self) -> None:
-        """Spawn missing workers, retire extras, and roll old-generation workers one at a time."""
-        target = self.cfg.workers.count
-        counted = sorted((w for w in self.workers.values() if w.counted), key=lambda w: w.started)
-        old = [w for w in counted if w.generation != self.generation]
-        new = [w for w in counted if w.generation == self.generation]
-        if old:
-            if any(not w.ready for w in new):
-                return  # wait until the replacement is serving
-            if len(counted) > target:
-                self._retire(old[0], "replaced after reload")
-            else:
-                self._spawn_missing(1)
-            return
-        self.previous = None
-        if len(new) > target:
-            for w in new[: len(new) - target]:
-                self._retire(w, "scaled down")
-        elif len(new) < target:
-            self._spawn_missing(target - len(new))
-
-    def _retire(self, w: WorkerProc, why: str) -> None:
-        log.info("worker %d (pid %d): %s; it finishes its job first", w.slot, w.pid, why)
-        w.retiring = why
-        self._signal(w, signal.SIGTERM if w.ready else signal.SIGQUIT)
-
-    def _spawn_missing(self, n: int) -> None:
-        used = {w.slot for w in self.workers.values()}
-        now = time.monotonic()
-        slot = 0
-        while n > 0:
-            slot += 1
-            if slot in used:
-                continue
-            state = self.slots.setdefault(slot, Slot())
-            n -= 1
-            if state.not_before > now:
-                continue
-            device = self.gpus.device_for(slot, self.cfg.model.device)
-            if not self.gpus.has_room(device, self.cfg.model.device, self.cfg.model.name):
-                if state.not_before <= now:
-                    log.warning(
-                        "worker %d: not enough free GPU memory for model %s; waiting", slot, self.cfg.model.name
-                    )
-                    state.not_before = now + 30
-                continue
-            self.spawn(slot)
-
     # -- reporting ------------------------------------------------------------------------------
 
-    def _notify_progress(self) -> None:
-        counted = [w for w in self.workers.values() if w.counted]
-        all_ready = len(counted) == self.cfg.workers.count and all(
-            w.ready and w.generation == self.generation for w in counted
-        )
-        if self.state in ("starting", "reloading") and all_ready:
-            if self.state == "starting":
-                log.info("all %d workers ready", len(counted))
-            else:
-                log.info("reload complete: %d workers", len(counted))
-            self.state = "running"
-            self.notifier.ready(self._status_text())
-        else:
-            self.notifier.status(self._status_text())
+    def snapshot(self, gpu: bool = False) -> PoolSnapshot:
+        """The pool now; with ``gpu``, each worker's GPU memory too (one NVML query)."""
         now = time.monotonic()
-        healthy = all(not w.ready or now - w.last_seen <= self.cfg.workers.timeout for w in self.workers.values())
-        self.notifier.watchdog(healthy)
-
-    def broker_state(self) -> str:
-        states = [w.report.get("broker") for w in self.workers.values() if w.ready]
-        if "ok" in states:
-            return "ok"
-        if "unreachable" in states:
-            return "unreachable"
-        return "connecting"
-
-    def job_totals(self) -> tuple[int, int]:
-        """Jobs done and failed since start, by live and exited workers."""
-        live = list(self.workers.values())
-        return (
-            self.done_by_exited + sum(w.jobs_done for w in live),
-            self.failed_by_exited + sum(w.jobs_failed for w in live),
+        gpu_mb = self._gpu_memory() if gpu and self.gpus.count else None
+        live = sorted(self.workers.values(), key=lambda w: (w.slot, w.started))
+        return PoolSnapshot(
+            state=self.state,
+            config=os.path.realpath(self.cfg.path) if self.cfg.path else None,
+            job_queue=self.cfg.broker.job_queue,
+            workers_wanted=self.cfg.workers.count,
+            workers=tuple(view(w, now, gpu_mb) for w in live),
+            jobs_done=self.done_by_exited + sum(w.jobs_done for w in live),
+            jobs_failed=self.failed_by_exited + sum(w.jobs_failed for w in live),
+            restarts=self.restarts,
         )
 
-    def _status_text(self) -> str:
-        live = [w for w in self.workers.values() if w.counted]
-        busy = sum(1 for w in live if w.report.get("state") == "busy")
-        done, failed = self.job_totals()
-        ready = sum(1 for w in live if w.ready)
-        broker = self.broker_state()
-        text = f"{busy}/{len(live)} busy, {done} done, {failed} failed, broker {broker}"
-        lost = sum(1 for w in live if w.ready and w.report.get("broker") == "unreachable")
-        if broker == "ok" and lost:  # some workers lost their node (e.g. in a cluster) and are reconnecting
-            text += f" ({lost} reconnecting)"
-        if ready < len(live):
-            text += f", {len(live) - ready} starting"
-        return text
+    def _gpu_memory(self) -> dict[int, int]:
+        """Each worker's GPU memory by pid, asked of NVML at most once a second."""
+        now = time.monotonic()
+        if now - self._gpu_checked >= 1.0:
+            self._gpu_checked, self._gpu_mb = now, self.gpus.process_memory_mb()
+        return self._gpu_mb
+
+    def _notify_progress(self, snap: PoolSnapshot) -> None:
+        target = self.cfg.workers.count
+        if self.state in ("starting", "reloading") and pool.all_ready(self.workers.values(), target, self.generation):
+            if self.state == "starting":
+                log.info("all %d workers ready", target)
+            else:
+                log.info("reload complete: %d workers", target)
+            self.state = "running"
+            self.notifier.ready(snap.status_text())
+        else:
+            self.notifier.status(snap.status_text())
+        self.notifier.watchdog(pool.heartbeats_ok(self.workers.values(), self.cfg.workers.timeout, time.monotonic()))
 
 
 def describe_status(status: int) -> str:

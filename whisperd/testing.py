@@ -44,6 +44,13 @@ def write_toml(path: Path, data: dict[str, dict[str, Any]]) -> None:
     path.write_text("\n".join(lines) + "\n")
 
 
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 def title_of(p: psutil.Process) -> str:
     """A process's title as ``ps`` shows it (setproctitle pads it with spaces)."""
     try:

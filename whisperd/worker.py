@@ -20,6 +20,8 @@ import socket
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
+from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Any
 
@@ -30,9 +32,9 @@ from setproctitle import setproctitle
 from whisperd import broker
 from whisperd.config import Config, job_deadline_s
 from whisperd.contract import FAILED, PROCESSING, Completion, Job, peek_task_id
-from whisperd.reporting import Reporter
-
-log = logging.getLogger("whisperd.worker")
+from whisperd.logs import Labelled
+from whisperd.reporting import BrokerState, JobReport, QueueDepths, Reporter, WorkerState
+from whisperd.retry import Backoff, close_quietly
 
 WORKER_BOOT_ERROR = 3
 DEPTH_EVERY_S = 5.0  # how often a worker reports queue depths (for `whisperd status` and metrics)
@@ -48,29 +50,19 @@ class Delivery:
     body: bytes
 
 
-class Backoff:
-    def __init__(self, first: float, limit: float) -> None:
-        self.first, self.limit, self.delay = first, limit, first
-
-    def next(self) -> float:
-        delay, self.delay = self.delay, min(self.delay * 2, self.limit)
-        return delay * random.uniform(0.8, 1.2)
-
-    def reset(self) -> None:
-        self.delay = self.first
-
-
 class Worker:
     def __init__(
         self, cfg: Config, slot: int, threads: int, sock: socket.socket | None = None, device: str | None = None
     ):
         self.cfg = cfg
         self.slot = slot
-        self.threads = threads
+        self.initial_threads = threads  # the loaded pipeline keeps the count from then on
         self.device = device
         self.name = f"{socket.gethostname()}:worker-{slot}:{os.getpid()}"
         self.label = f"worker {slot}"
+        self.log = Labelled(logging.getLogger("whisperd.worker"), self.label)
         self.report = Reporter(sock)
+        self.pipeline: Any = None
         self.stopping = False
         self.connection: pika.BlockingConnection | None = None
         self.channel: Any = None
@@ -85,6 +77,10 @@ class Worker:
         self.max_jobs = (
             cfg.workers.max_jobs + random.randint(0, cfg.workers.max_jobs_jitter) if cfg.workers.max_jobs else 0
         )
+        self.backoff = Backoff(1.0, cfg.broker.reconnect_max_s, jitter=0.2)
+        self.ever_connected = False
+        self.outage_since: float | None = None
+        self.retries = 0
 
     # -- process life -------------------------------------------------------------------------
 
@@ -94,20 +90,19 @@ class Worker:
         signal.signal(signal.SIGINT, signal.SIG_IGN)
         signal.signal(signal.SIGHUP, signal.SIG_IGN)
         self._title("booting")
-        self.report.send(pid=os.getpid(), slot=self.slot, state="booting", done=0, failed=0, broker="connecting")
-        loaded = threading.Event()
-        outcome: dict[str, Any] = {}
-        threading.Thread(target=self._job_thread, args=(loaded, outcome), name="jobs", daemon=True).start()
-        loaded.wait()
-        if "error" in outcome:
-            e = outcome["error"]
-            log.error("%s: cannot load model %r: %s", self.label, self.cfg.model.name, e)
-            self.report.send(state="boot_failed", error=f"cannot load model {self.cfg.model.name!r}: {e}")
+        self.report.send(pid=os.getpid(), slot=self.slot, state=WorkerState.BOOTING, done=0, failed=0,
+                         broker=BrokerState.CONNECTING)  # fmt: skip
+        loaded: Future[Any] = Future()
+        threading.Thread(target=self._job_thread, args=(loaded,), name="jobs", daemon=True).start()
+        try:
+            self.pipeline = loaded.result()
+        except Exception as e:
+            self.log.error("cannot load model %r: %s", self.cfg.model.name, e)
+            self.report.send(state=WorkerState.BOOT_FAILED, error=f"cannot load model {self.cfg.model.name!r}: {e}")
             return WORKER_BOOT_ERROR
-        self.pipeline = outcome["pipeline"]
         return self._serve_forever()
 
-    def _job_thread(self, loaded: threading.Event, outcome: dict[str, Any]) -> None:
+    def _job_thread(self, loaded: Future[Any]) -> None:
         """Load, warm up and run every job in this one thread.
 
         OpenMP gives each thread that computes its own pool of torch threads: warming up in the
@@ -115,13 +110,11 @@ class Worker:
         (measured ~30 % slower per job on 2 cores, see bench/RESULTS.md).
         """
         try:
-            outcome["pipeline"] = self._load()
+            loaded.set_result(self._load())
         except Exception as e:
-            outcome["error"] = e
-        finally:
-            loaded.set()
-        if "pipeline" in outcome:
-            self._job_loop()
+            loaded.set_exception(e)
+            return
+        self._job_loop()
 
     def _load(self) -> Any:
         from whisperd.pipeline import Pipeline
@@ -129,18 +122,18 @@ class Worker:
         from whisperd.transcriber import Transcriber
 
         started = time.monotonic()
-        transcriber = Transcriber(self.cfg.model, self.threads, self.device)
+        transcriber = Transcriber(self.cfg.model, self.initial_threads, self.device)
         transcriber.warm_up()
         store = ResultStore(self.cfg.storage.results_dir)
         if swept := store.sweep_stale_temp_files():
-            log.info("%s: removed %d temp files left by killed workers", self.label, swept)
-        log.info(
-            "%s: model %s loaded by %s on %s with %d threads in %.1f s",
-            self.label, self.cfg.model.name, transcriber.engine.name, transcriber.device, self.threads,
+            self.log.info("removed %d temp files left by killed workers", swept)
+        self.log.info(
+            "model %s loaded by %s on %s with %d threads in %.1f s",
+            self.cfg.model.name, transcriber.engine.name, transcriber.device, transcriber.threads,
             time.monotonic() - started,
         )  # fmt: skip
         self.report.send(device=transcriber.device)
-        return Pipeline(self.cfg, transcriber, store, self.name, self.label, self.threads)
+        return Pipeline(self.cfg, transcriber, store, self.name, self.log)
 
     def handle_term(self, signum: int, frame: Any) -> None:
         self.stopping = True
@@ -154,70 +147,61 @@ class Worker:
     # -- connection ---------------------------------------------------------------------------
 
     def _serve_forever(self) -> int:
-        backoff = Backoff(1.0, self.cfg.broker.reconnect_max_s)
-        self.ever_connected = False
-        self.outage_since: float | None = None
-        self.retries = 0
-
-        def connected() -> None:
-            backoff.reset()
-            self.ever_connected = True
-            if self.outage_since is not None:
-                log.info(
-                    "%s: broker connection restored after %.0f s, at try %d",
-                    self.label, time.monotonic() - self.outage_since, self.retries + 1,
-                )  # fmt: skip
-                self.outage_since = None
-
         while not self.stopping:
             try:
-                self._serve(connected)
+                self._serve()
             except broker.TopologyMismatch as e:
-                log.error("%s: %s", self.label, e)
-                self.report.send(state="boot_failed", error=str(e))
+                self.log.error("%s", e)
+                self.report.send(state=WorkerState.BOOT_FAILED, error=str(e))
                 return WORKER_BOOT_ERROR
             except broker.AUTH_ERRORS as e:
                 reason = f"broker refused the credentials in broker.url ({type(e).__name__})"
                 if not self.ever_connected:
-                    log.error("%s: %s", self.label, reason)
-                    self.report.send(state="boot_failed", error=reason)
+                    self.log.error("%s", reason)
+                    self.report.send(state=WorkerState.BOOT_FAILED, error=reason)
                     return WORKER_BOOT_ERROR
-                self._outage(reason, backoff.next())
+                self._outage(reason, self.backoff.next())
             except (pika.exceptions.AMQPError, OSError) as e:
-                self._outage(broker.reason(e), backoff.next())
+                self._outage(broker.reason(e), self.backoff.next())
             finally:
                 self._drop_connection()
         self._wait_idle()
-        log.info("%s: stopped after %d jobs", self.label, self.done + self.failed)
+        self.log.info("stopped after %d jobs", self.done + self.failed)
         return 0
+
+    def _on_connected(self) -> None:
+        self.backoff.reset()
+        self.ever_connected = True
+        if self.outage_since is not None:
+            self.log.info(
+                "broker connection restored after %.0f s, at try %d",
+                time.monotonic() - self.outage_since, self.retries + 1,
+            )  # fmt: skip
+            self.outage_since = None
 
     def _drop_connection(self) -> None:
         """Close what is left of a connection, so the broker requeues whatever we did not ack."""
         conn, self.connection, self.channel, self.reply_channel = self.connection, None, None, None
-        if conn is not None and conn.is_open:
-            try:
-                conn.close()
-            except Exception:  # already broken: nothing more to release
-                pass
+        close_quietly(conn)
 
     def _outage(self, reason: str, delay: float) -> None:
         """Say why the broker cannot be used: once as a warning when an outage starts, then at every
         retry, so an operator sees what is still wrong (which node refuses, which queue is down)."""
-        self.report.send(broker="unreachable", state="connecting")
+        self.report.send(broker=BrokerState.UNREACHABLE, state=WorkerState.CONNECTING)
         self._title("connecting")
         if self.outage_since is None:
-            log.warning("%s: broker unreachable: %s; reconnecting with backoff", self.label, reason)
+            self.log.warning("broker unreachable: %s; reconnecting with backoff", reason)
             self.outage_since = time.monotonic()
             self.retries = 0
         else:
             self.retries += 1
-            log.warning(
-                "%s: still cannot get back to the broker after %.0f s (retry %d): %s; next try in %.0f s",
-                self.label, time.monotonic() - self.outage_since, self.retries, reason, delay,
+            self.log.warning(
+                "still cannot get back to the broker after %.0f s (retry %d): %s; next try in %.0f s",
+                time.monotonic() - self.outage_since, self.retries, reason, delay,
             )  # fmt: skip
         self._sleep(delay)
 
-    def _serve(self, on_connected: Any) -> None:
+    def _serve(self) -> None:
         """Consume until asked to stop; raises on connection loss."""
         self.connection = broker.connect(
             self.cfg.broker, f"whisperd {self.label} on {socket.gethostname()}", between=self.report.send
@@ -233,9 +217,9 @@ class Worker:
         )
         if not self.ever_connected:
             self._check_consumer_timeout(timeout_ms)
-        on_connected()
-        self.report.send(broker="ok", state="idle" if self.inflight == 0 else "busy")
-        self._title("idle" if self.inflight == 0 else f"busy {self.report.fields.get('task') or '?'}")
+        self._on_connected()
+        self.report.send(broker=BrokerState.OK, state=WorkerState.IDLE if self.inflight == 0 else WorkerState.BUSY)
+        self._title("idle" if self.inflight == 0 else f"busy {self.report.current.task or '?'}")
         last_report = last_depth = 0.0
         while True:
             self.connection.process_data_events(time_limit=1)
@@ -248,14 +232,14 @@ class Worker:
                 self._report_depths()
                 last_depth = now
             if self.max_jobs and self.done + self.failed >= self.max_jobs and not self.stopping:
-                log.info("%s: recycling after %d jobs (workers.max_jobs)", self.label, self.done + self.failed)
+                self.log.info("recycling after %d jobs (workers.max_jobs)", self.done + self.failed)
                 self.stopping = True
             if self.stopping:
                 if tag is not None:
                     self.channel.basic_cancel(tag)
                     tag = None
                     self._requeue_pending()
-                    self.report.send(state="draining")
+                    self.report.send(state=WorkerState.DRAINING)
                     self._title("draining")
                 if self.inflight == 0:
                     return
@@ -264,26 +248,26 @@ class Worker:
         """Ready jobs and dead letters, by passive declare: one round trip, no consumer needed."""
         jobs = self.channel.queue_declare(self.cfg.broker.job_queue, passive=True).method.message_count
         dead = self.channel.queue_declare(broker.dead_letter_queue(self.cfg.broker), passive=True).method.message_count
-        self.report.send(queue={"jobs": jobs, "dead": dead, "ts": time.time()})
+        self.report.send(queue=QueueDepths(jobs=jobs, dead=dead, ts=time.time()))
 
     def _check_consumer_timeout(self, timeout_ms: int) -> None:
         """Say once whether the broker honours our ack timeout, or long jobs may be cut at its own."""
         version = self.connection._impl.server_properties.get("version", b"")
         version = version.decode() if isinstance(version, bytes) else str(version)
         if broker.supports_consumer_timeout(version):
-            log.debug("%s: RabbitMQ %s: consumer ack timeout %.0f s", self.label, version, timeout_ms / 1000)
+            self.log.debug("RabbitMQ %s: consumer ack timeout %.0f s", version, timeout_ms / 1000)
         elif self.slot == 1:
-            log.warning(
-                "%s: RabbitMQ %s ignores per-consumer ack timeouts (3.11.15+): its consumer_timeout (default "
+            self.log.warning(
+                "RabbitMQ %s ignores per-consumer ack timeouts (3.11.15+): its consumer_timeout (default "
                 "30 min) must exceed the longest job, up to %.0f s here, or long jobs are requeued; see the README",
-                self.label, version or "(unknown version)", timeout_ms / 1000,
+                version or "(unknown version)", timeout_ms / 1000,
             )  # fmt: skip
 
     def _apply_settings(self) -> None:
-        for message in self.report.receive():
-            if "threads" in message and self.pipeline.transcriber.threads != message["threads"]:
-                log.info("%s: now using %d threads", self.label, message["threads"])
-                self.pipeline.transcriber.threads = self.threads = int(message["threads"])
+        for settings in self.report.receive():
+            if self.pipeline.threads != settings.threads:
+                self.log.info("now using %d threads", settings.threads)
+                self.pipeline.set_threads(settings.threads)
 
     def _sleep(self, seconds: float) -> None:
         """Sleep in short steps, reporting, so a stop or the supervisor's watchdog is never starved."""
@@ -329,15 +313,19 @@ class Worker:
             try:
                 self._handle(delivery)
             except Exception as e:  # ENOSPC, EACCES, MemoryError, a bug: never leave the delivery unsettled
-                log.exception("%s: unexpected error handling a job; returning it to the queue", self.label)
+                self.log.exception("unexpected error handling a job; returning it to the queue")
                 time.sleep(REQUEUE_DELAY_S)  # a failure that repeats must not spin through the queue
-                self._call_in_io_thread(functools.partial(self._requeue, delivery, broker.reason(e)))
+                self._call_in_io_thread(
+                    functools.partial(self._requeue, delivery, broker.reason(e)), if_connection_lost=self._settled
+                )
 
     def _handle(self, d: Delivery) -> None:
         task_id = peek_task_id(d.body, self.cfg.limits.max_job_bytes)
         self._title(f"busy {task_id or '?'}")
         # The deadline runs from now, decoding included; it grows once the audio's length is known.
-        self.report.send(state="busy", task=task_id, since=time.time(), deadline=job_deadline_s(self.cfg, 0.0))
+        self.report.send(
+            state=WorkerState.BUSY, task=task_id, since=time.time(), deadline=job_deadline_s(self.cfg, 0.0)
+        )
         outcome = self.pipeline.run(
             d.body,
             on_started=functools.partial(self._on_started, job_props=d.props),
@@ -350,10 +338,11 @@ class Worker:
         """The job's outcome for the supervisor's metrics; ``seq`` tells a new job from a repeated report."""
         self.jobs_seen += 1
         c = outcome.completion
-        job = {"seq": self.jobs_seen, "status": "rejected", "code": "invalid_job", "reused": outcome.reused}
-        if c is not None:
+        if c is None:
+            job = JobReport(self.jobs_seen, "rejected", "invalid_job", outcome.reused)
+        else:
             code = (c.error or {}).get("code")
-            job.update(status=c.status, code=code, processing_s=c.processing_s, duration_s=c.duration_s)
+            job = JobReport(self.jobs_seen, c.status, code, outcome.reused, c.processing_s, c.duration_s)
         self.report.send(job=job)
 
     def _on_started(self, job: Job, duration_s: float, job_props: pika.BasicProperties | None = None) -> None:
@@ -393,19 +382,27 @@ class Worker:
                 self.failed += 1
             else:
                 self.done += 1
-        self._call_in_io_thread(functools.partial(self._finish, d, completion, ack, reason))
+        self._call_in_io_thread(
+            functools.partial(self._finish, d, completion, ack, reason), if_connection_lost=self._settled
+        )
 
-    def _call_in_io_thread(self, callback: Any) -> None:
+    def _call_in_io_thread(
+        self, callback: Callable[[], None], if_connection_lost: Callable[[], None] | None = None
+    ) -> None:
+        """Run ``callback`` in the I/O thread; without a connection run ``if_connection_lost`` here.
+
+        The connection may die while a job runs; the broker then requeues the job, and the stored
+        result answers the redelivery without transcribing again. A callback that settles a
+        delivery passes ``_settled`` so the job still counts as finished.
+        """
         conn = self.connection
         try:
             if conn is None:
                 raise pika.exceptions.ConnectionWrongStateError("no connection")
             conn.add_callback_threadsafe(callback)
         except pika.exceptions.ConnectionWrongStateError:
-            # The connection died while the job ran; the broker requeued the job, and the
-            # stored result answers the redelivery without transcribing again.
-            if getattr(callback, "func", None) in (self._finish, self._requeue):
-                self._settled()
+            if if_connection_lost is not None:
+                if_connection_lost()
 
     def _finish(self, d: Delivery, completion: Completion | None, ack: bool, reason: str | None = None) -> None:
         """I/O thread: publish the completion with confirms, then ack (or dead-letter)."""
@@ -430,7 +427,7 @@ class Worker:
         try:
             if d.channel is self.channel and d.channel.is_open:
                 d.channel.basic_nack(d.tag, requeue=True)
-                log.warning("%s: job returned to the queue after: %s", self.label, reason)
+                self.log.warning("job returned to the queue after: %s", reason)
         finally:
             self._settled()
 
@@ -475,14 +472,14 @@ class Worker:
         """
         refused = broker.refuse_reply_to(self.cfg.broker, reply_to)
         if refused:
-            log.warning("%s: not replying to %r: %s", self.label, reply_to, refused)
+            self.log.warning("not replying to %r: %s", reply_to, refused)
             return
         try:
             if self.reply_channel is None or not self.reply_channel.is_open:
                 self.reply_channel = self.connection.channel()
             broker.publish(self.reply_channel, reply_to, body, props, mandatory=False)
         except (pika.exceptions.ChannelError, pika.exceptions.ChannelClosed) as e:
-            log.warning("%s: could not reply to %r: %s", self.label, reply_to, broker.reason(e))
+            self.log.warning("could not reply to %r: %s", reply_to, broker.reason(e))
             self.reply_channel = None
 
     def _settled(self) -> None:
@@ -490,8 +487,8 @@ class Worker:
             self.inflight -= 1
             idle = self.inflight == 0
         if idle:
-            self.report.send(state="draining" if self.stopping else "idle", task=None, since=None, deadline=None,
-                             done=self.done, failed=self.failed)  # fmt: skip
+            state = WorkerState.DRAINING if self.stopping else WorkerState.IDLE
+            self.report.send(state=state, task=None, since=None, deadline=None, done=self.done, failed=self.failed)
             self._title("draining" if self.stopping else "idle")
         else:
             self.report.send(done=self.done, failed=self.failed)
