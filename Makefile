@@ -29,7 +29,8 @@ lint: venv
 	$(PY) -m ruff check whisperd tests bench
 	$(PY) -m ruff format --check whisperd tests bench
 
-# Benchmarks (bench/RESULTS.md): overhead, scaling, latency, memory, throughput; < 10 min on 2 cores.
+# Benchmarks (bench/RESULTS.md): overhead, scaling, latency, memory, throughput, template (fixture model,
+# ~5 min), real, vad, guards, engines (OpenAI's base, ~35 min) on 2 cores.
 # BENCH_ARGS=--quick for a fast smoke run, --only overhead,scaling for some sections.
 BENCH_ARGS ?=
 bench: setup venv $(VENV)/.bench-installed
