@@ -99,6 +99,7 @@ def queues(cluster: RabbitCluster) -> Any:
     """A test client on the queues of this test, through a node that is up."""
     client = BrokerClient(f"cl-{uuid.uuid4().hex[:8]}", cluster.running()[0].url)
     yield client
+    cluster.heal()
     try:
         client.url = cluster.running()[0].url
         client.connect()
@@ -234,7 +235,8 @@ def test_node_loss_kill_9_of_the_leader_then_a_follower_restart(cluster, queues,
         new_leader = cluster.leader_of(queues.job_queue)
         assert new_leader is not leader
         lost = [(at, n, w) for at, n, w in watch.workers_since(t_kill) if w["broker"] == "unreachable"]
-        assert any(w["state"] == "connecting" for _, _, w in lost), "whisperd status never showed the outage"
+        seen = sorted({(w["state"], w["broker"]) for _, _, w in watch.workers_since(t_kill)})
+        assert any(w["state"] == "connecting" for _, _, w in lost), f"whisperd status never showed the outage: {seen}"
         leader.start()  # the killed node comes back and rejoins with its data
         wait_for(lambda: len(cluster.members_of(queues.job_queue)) == 3, 60, "the replica back", interval=1)
 

@@ -487,8 +487,10 @@ class Worker:
             self.inflight -= 1
             idle = self.inflight == 0
         if idle:
-            state = WorkerState.DRAINING if self.stopping else WorkerState.IDLE
+            # A job that ends while the broker is gone leaves the worker reconnecting, not idle.
+            state = WorkerState.IDLE if self.report.current.broker is BrokerState.OK else WorkerState.CONNECTING
+            state = WorkerState.DRAINING if self.stopping else state
             self.report.send(state=state, task=None, since=None, deadline=None, done=self.done, failed=self.failed)
-            self._title("draining" if self.stopping else "idle")
+            self._title(state.value)
         else:
             self.report.send(done=self.done, failed=self.failed)
