@@ -47,7 +47,7 @@ class Request:
     word_timestamps: bool = False
     initial_prompt: str | None = None
     beam_size: int = 0  # 0 = greedy
-    guards: dict[str, Any] = field(default_factory=dict)  # contract.GUARD_OPTIONS, resolved
+    guards: dict[str, Any] = field(default_factory=dict)  # contract.GUARD_OPTIONS, resolved (0 = off is None)
     gate: SpeechGate | None = None
     progress: Progress | None = None
 
@@ -138,7 +138,6 @@ class OpenAIWhisper(Engine):
 
     def _transcribe(self, audio: np.ndarray, request: Request) -> dict[str, Any]:
         kwargs = dict(request.guards)
-        kwargs["hallucination_silence_threshold"] = kwargs.get("hallucination_silence_threshold") or None
         if request.beam_size:
             kwargs.update(beam_size=request.beam_size, best_of=request.beam_size)
         self._progress = request.progress
@@ -236,8 +235,7 @@ class FasterWhisper(Engine):
     def transcribe(self, audio: np.ndarray, request: Request) -> dict[str, Any]:
         from faster_whisper.vad import VadOptions
 
-        guards = dict(request.guards)
-        guards["hallucination_silence_threshold"] = guards.get("hallucination_silence_threshold") or None
+        guards = request.guards
         beam = request.beam_size or 1  # faster-whisper's default is beam 5; whisperd's is greedy
         gate = request.gate
         vad = (

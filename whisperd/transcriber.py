@@ -73,6 +73,7 @@ class Transcriber:
         settings = settings or TranscribeConfig()
         guards = {name: getattr(settings, name) for name in GUARD_OPTIONS}
         guards.update({name: getattr(job, name) for name in GUARD_OPTIONS if getattr(job, name) is not None})
+        guards["hallucination_silence_threshold"] = guards["hallucination_silence_threshold"] or None  # 0 = off
         gate = (
             engines.SpeechGate(settings.vad_threshold, settings.vad_min_silence_ms, settings.vad_speech_pad_ms)
             if settings.vad
