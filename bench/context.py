@@ -34,6 +34,7 @@ class Sizes:
     vad_ungated_non_speech: bool = True  # tone and music without the gate take minutes each
     guards_all_clips: bool = True
     engines_rounds: int = 8  # the English clips (54 s) this many times: the engines' long recording
+    stages_rounds: int = 4  # the same for the engines' stage profiles (8 runs: greedy/beam × conditioning)
 
     @classmethod
     def quick(cls) -> Sizes:
@@ -41,7 +42,7 @@ class Sizes:
             overhead_rounds=2, cli_files=2, scaling_jobs=4, latency_jobs=6,
             long_audio_s=60.0, throughput_jobs=120, profile_s=5.0, real_rounds=1, real_scaling_passes=1,
             vad_repeats=1, vad_recording_s=120.0, vad_ungated_non_speech=False, guards_all_clips=False,
-            engines_rounds=2,
+            engines_rounds=2, stages_rounds=1,
         )  # fmt: skip
 
 

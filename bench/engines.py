@@ -6,13 +6,19 @@
   English clips of tests/data one after another, several times: distinct speech in every
   30-second window), greedy and beam 5, in audio seconds per wall second;
 * WER of each engine through whisperd on the real clips (greedy);
-* worker memory after the batch, and 1 vs 2 workers, per engine.
+* worker memory after the batch, and 1 vs 2 workers, per engine;
+* the profile behind those ratios (``bench.stages``): what decoding a file costs whisperd (an
+  ffmpeg process) and the direct loop (PyAV in-process), and where each engine spends the long
+  recording (features, encoder, decoder, the rest), greedy and beam 5, with
+  ``condition_on_previous_text`` off (whisperd's default) and on (whisper's).
 
 The speech gate is off (``transcribe.vad = false``): this compares the engines, not the gates.
 """
 
 from __future__ import annotations
 
+import json
+import os
 import statistics
 import subprocess
 import sys
@@ -22,9 +28,8 @@ from typing import Any
 from bench.amqp import Producer, Queues
 from bench.context import Ctx, DirectLoop
 from bench.daemon import REPO, Daemon
-from bench.overhead import daemon_round
 from bench.procmem import memory
-from bench.real import JOB_TIMEOUT_S, REAL_WEIGHTS, batch, checkpoint, stage_real, texts_in_order
+from bench.real import REAL_WEIGHTS, alternating_rounds, batch, checkpoint, stage_real, texts_in_order
 from bench.report import Section
 
 ENGINES = ("openai-whisper", "faster-whisper")
@@ -78,16 +83,16 @@ def run(ctx: Ctx) -> Section:
             compute = "float16" if ctx.fp16 else "int8"  # whisperd's model.compute_type = auto
             extra = ("--engine", "faster-whisper", "--compute-type", compute)
             direct = DirectLoop(ctx, fw_model, threads, str(d.media / staged.names[0]), extra)
-            for r in range(rounds):
-                answers = [direct.transcribe(str(d.media / name)) for name in staged.names]
-                cycles, completions = daemon_round(prod, staged.names, f"r{r}", JOB_TIMEOUT_S * len(staged.names))
-                direct_s.append(sum(t for t, _ in answers[1:]))
-                daemon_s.append(sum(cycles))
-                ratios.append(direct_s[-1] / daemon_s[-1])
+            for r, one in enumerate(alternating_rounds(prod, direct, d.media, staged.names, rounds)):
+                direct_s.append(one.direct_s)
+                daemon_s.append(one.daemon_s)
+                ratios.append(one.ratio)
                 if r == 0:
-                    wer["faster-whisper"] = staged.wer([c["text"] for c in completions])
-                    wer["faster-whisper direct"] = staged.wer([text for _, text in answers])
+                    wer["faster-whisper"] = staged.wer([c["text"] for c in one.completions])
+                    wer["faster-whisper direct"] = staged.wer([text for _, text in one.direct])
             direct.close()
+            clips = [str(d.media / name) for name in staged.names[1:]]  # the timed files of a round
+            decoding = stages(ctx, "--decode", *clips)
     # 2. Per engine: WER (openai-whisper), memory after a batch, 1 vs 2 workers.
     for engine in ENGINES:
         one = two = 0.0
@@ -113,6 +118,13 @@ def run(ctx: Ctx) -> Section:
         for engine in ENGINES:
             long[engine, beam], long_text[engine, beam] = long_rate(ctx, engine, recording, beam)
     batched = long_rate(ctx, "faster-whisper", recording, 0, GPU_BATCH)[0] if ctx.fp16 else None
+    # 4. The profile: where each engine spends a long recording (a shorter one: 8 runs).
+    profiled = english_speech(ctx.sizes.stages_rounds, ctx.scratch("engines-audio") / "profiled.wav")
+    profiles = {
+        (engine, beam, condition): stages(ctx, "--engine", engine, "--model", model_of(engine), "--beam", str(beam),
+                                          *(["--condition"] if condition else []), str(profiled))
+        for condition in (False, True) for beam in (0, 5) for engine in ENGINES
+    }  # fmt: skip
 
     ratio = statistics.median(ratios)
     s.add("direct faster-whisper int8 loop, all rounds", f"{sum(direct_s):.1f} s")
@@ -130,6 +142,7 @@ def run(ctx: Ctx) -> Section:
             f"long recording, greedy: faster-whisper batched ({GPU_BATCH}) / one window at a time",
             f"{batched:.2f} / {long['faster-whisper', 0]:.2f} s/s = {batched / long['faster-whisper', 0]:.2f}×",
         )
+    add_profile(s, direct_s, daemon_s, decoding, profiles, long_minutes(profiled))
     for set_name in wer["openai-whisper"]:
         ow, fw, fd = (wer[k][set_name] for k in ("openai-whisper", "faster-whisper", "faster-whisper direct"))
         s.add(f"WER {set_name}: openai-whisper / faster-whisper (direct)", f"{ow:.1%} / {fw:.1%} ({fd:.1%})",
@@ -146,9 +159,55 @@ def run(ctx: Ctx) -> Section:
     ctx.results[s.name] = {
         "direct_s": direct_s, "daemon_s": daemon_s, "ratios": ratios, "wer": wer,
         "long": {f"{e} beam {b}": v for (e, b), v in long.items()}, "rates": rates,
-        "rss_mb": {e: m.rss_mb for e, m in rss.items()},
+        "rss_mb": {e: m.rss_mb for e, m in rss.items()}, "decoding": decoding,
+        "profiles": list(profiles.values()),
     }  # fmt: skip
     return s
+
+
+def stages(ctx: Ctx, *args: str) -> dict[str, Any]:
+    """bench.stages in its own process (one engine per process, as in a worker); its JSON report."""
+    cmd = [sys.executable, "-m", "bench.stages", "--threads", str(ctx.cores), *args]
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)})
+    if proc.returncode != 0:
+        raise RuntimeError(f"bench.stages failed ({proc.returncode}): {proc.stderr[-2000:]}")
+    report = json.loads(proc.stdout)
+    report.pop("text", None)
+    return report
+
+
+def add_profile(
+    s: Section, direct_s: list[float], daemon_s: list[float], decoding: dict[str, Any],
+    profiles: dict[tuple[str, int, bool], dict[str, Any]], minutes: float,
+) -> None:  # fmt: skip
+    """What limits the ratios: the decoding cost against whisperd's gap to the direct loop, and
+    each engine's stages on the long recording."""
+    gap = statistics.median(d - x for d, x in zip(daemon_s, direct_s, strict=True))
+    ffmpeg, pyav = sum(decoding["ffmpeg_s"]), sum(decoding["pyav_s"])
+    n = len(decoding["files"])
+    s.add(
+        "profile: whisperd's time over the direct loop per round (median)",
+        f"{gap:.2f} s for {n} jobs = {gap / n * 1000:.0f} ms per job",
+    )
+    s.add(
+        "profile: decoding those files, ffmpeg process (whisperd) / PyAV in-process (direct loop)",
+        f"{ffmpeg:.2f} / {pyav:.2f} s = {(ffmpeg - pyav) / n * 1000:.0f} ms more per job",
+    )
+    for condition in (False, True):
+        for beam in (0, 5):
+            label = f"({minutes:.1f} min) {'greedy' if beam == 0 else 'beam 5'}, condition={str(condition).lower()}"
+            ow, fw = (profiles[e, beam, condition] for e in ENGINES)
+            for engine, p in zip(ENGINES, (ow, fw), strict=True):
+                parts = " + ".join(f"{k} {v:.1f}" for k, v in p["stages"].items())
+                steps = f", {p['calls'].get('decoder', 0)} decoder calls" if engine == "openai-whisper" else ""
+                s.add(f"profile {label}: {engine}", f"{p['wall_s']:.1f} s = {parts}{steps}")
+            ratio = ow["wall_s"] / fw["wall_s"]
+            enc = ow["stages"]["encoder"] / fw["stages"]["encoder"]
+            dec = ow["stages"]["decoder"] / fw["stages"]["decoder"]
+            s.add(
+                f"profile {label}: faster-whisper speed-up (whole / encoder / decoder)",
+                f"{ratio:.2f}× / {enc:.2f}× / {dec:.2f}×",
+            )
 
 
 def long_minutes(path: Path) -> float:

@@ -15,6 +15,7 @@ import shutil
 import statistics
 import subprocess
 import sys
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -74,6 +75,39 @@ def stage_real(media: Path, only: tuple[str, ...] | None = None) -> Staged:
     return staged
 
 
+@dataclass
+class Round:
+    """One round of the same files: the direct loop's (seconds, text) per file, then whisperd's."""
+
+    direct: list[tuple[float, str]]
+    cycles: list[float]  # whisperd's job cycles, the first job's pick-up left out
+    completions: list[dict[str, Any]]
+
+    @property
+    def direct_s(self) -> float:
+        return sum(t for t, _ in self.direct[1:])  # the first file left out, as whisperd's first job
+
+    @property
+    def daemon_s(self) -> float:
+        return sum(self.cycles)
+
+    @property
+    def ratio(self) -> float:
+        """whisperd's speed over the direct loop's (1 = no overhead)."""
+        return self.direct_s / self.daemon_s
+
+
+def alternating_rounds(
+    prod: Producer, direct: DirectLoop, media: Path, names: list[str], rounds: int
+) -> Iterator[Round]:
+    """The direct loop, then whisperd, over the same files, ``rounds`` times: a neighbour's load
+    hits both arms alike."""
+    for r in range(rounds):
+        answers = [direct.transcribe(str(media / name)) for name in names]
+        cycles, completions = daemon_round(prod, names, f"r{r}", JOB_TIMEOUT_S * len(names))
+        yield Round(answers, cycles, completions)
+
+
 def batch(prod: Producer, names: list[str], passes: int, tag: str) -> tuple[float, list[dict[str, Any]]]:
     """Every file ``passes`` times at once; (audio seconds transcribed per wall second, completions)."""
     jobs = [(f"{tag}-{i:04d}", name) for i, name in enumerate(names * passes)]
@@ -112,18 +146,16 @@ def run(ctx: Ctx) -> Section:
             staged = stage_real(d.media)
             ready_s = d.start(timeout=600)
             direct = DirectLoop(ctx, base, threads, warmup=str(d.media / staged.names[0]))
-            for r in range(rounds):
-                answers = [direct.transcribe(str(d.media / name)) for name in staged.names]
-                cycles, completions = daemon_round(prod, staged.names, f"r{r}", JOB_TIMEOUT_S * len(staged.names))
-                direct_s.append(sum(t for t, _ in answers[1:]))
-                daemon_s.append(sum(cycles))
-                round_ratios.append(direct_s[-1] / daemon_s[-1])
-                processing_s += [c["processing_s"] for c in completions[1:]]
-                audio_s += [c["duration_s"] for c in completions[1:]]
-                texts = [c["text"] for c in completions]
-                same_text &= texts == [text for _, text in answers]
+            for r, one in enumerate(alternating_rounds(prod, direct, d.media, staged.names, rounds)):
+                direct_s.append(one.direct_s)
+                daemon_s.append(one.daemon_s)
+                round_ratios.append(one.ratio)
+                processing_s += [c["processing_s"] for c in one.completions[1:]]
+                audio_s += [c["duration_s"] for c in one.completions[1:]]
+                texts = [c["text"] for c in one.completions]
+                same_text &= texts == [text for _, text in one.direct]
                 if r == 0:
-                    daemon_wer, direct_wer = staged.wer(texts), staged.wer([text for _, text in answers])
+                    daemon_wer, direct_wer = staged.wer(texts), staged.wer([text for _, text in one.direct])
             direct.close()
             one_worker = memory(d.workers()[0].pid)
             one_rate, _ = batch(prod, staged.names, ctx.sizes.real_scaling_passes, "one")
