@@ -72,6 +72,8 @@ def run(ctx: Ctx) -> Section:
     threads, rounds = ctx.cores, ctx.sizes.real_rounds
     fw_model = model_of("faster-whisper")
     direct_s, daemon_s, ratios = [], [], []
+    inside: list[float] = []  # per job: whisperd's processing_s over the direct loop's seconds
+    after: list[float] = []  # per job: the cycle past processing_s (marker, confirm, ack, next delivery)
     wer: dict[str, dict[str, float]] = {}
     rss: dict[str, Any] = {}
     rates: dict[str, tuple[float, float]] = {}
@@ -87,6 +89,8 @@ def run(ctx: Ctx) -> Section:
                 direct_s.append(one.direct_s)
                 daemon_s.append(one.daemon_s)
                 ratios.append(one.ratio)
+                inside += [c["processing_s"] - t for c, (t, _) in zip(one.completions[1:], one.direct[1:], strict=True)]
+                after += [cycle - c["processing_s"] for cycle, c in zip(one.cycles, one.completions[1:], strict=True)]
                 if r == 0:
                     wer["faster-whisper"] = staged.wer([c["text"] for c in one.completions])
                     wer["faster-whisper direct"] = staged.wer([text for _, text in one.direct])
@@ -142,7 +146,7 @@ def run(ctx: Ctx) -> Section:
             f"long recording, greedy: faster-whisper batched ({GPU_BATCH}) / one window at a time",
             f"{batched:.2f} / {long['faster-whisper', 0]:.2f} s/s = {batched / long['faster-whisper', 0]:.2f}×",
         )
-    add_profile(s, direct_s, daemon_s, decoding, profiles, long_minutes(profiled))
+    add_profile(s, (direct_s, daemon_s, inside, after), decoding, profiles, long_minutes(profiled))
     for set_name in wer["openai-whisper"]:
         ow, fw, fd = (wer[k][set_name] for k in ("openai-whisper", "faster-whisper", "faster-whisper direct"))
         s.add(f"WER {set_name}: openai-whisper / faster-whisper (direct)", f"{ow:.1%} / {fw:.1%} ({fd:.1%})",
@@ -159,7 +163,7 @@ def run(ctx: Ctx) -> Section:
     ctx.results[s.name] = {
         "direct_s": direct_s, "daemon_s": daemon_s, "ratios": ratios, "wer": wer,
         "long": {f"{e} beam {b}": v for (e, b), v in long.items()}, "rates": rates,
-        "rss_mb": {e: m.rss_mb for e, m in rss.items()}, "decoding": decoding,
+        "rss_mb": {e: m.rss_mb for e, m in rss.items()}, "decoding": decoding, "inside": inside, "after": after,
         "profiles": list(profiles.values()),
     }  # fmt: skip
     return s
@@ -177,21 +181,31 @@ def stages(ctx: Ctx, *args: str) -> dict[str, Any]:
 
 
 def add_profile(
-    s: Section, direct_s: list[float], daemon_s: list[float], decoding: dict[str, Any],
+    s: Section, rounds: tuple[list[float], list[float], list[float], list[float]], decoding: dict[str, Any],
     profiles: dict[tuple[str, int, bool], dict[str, Any]], minutes: float,
 ) -> None:  # fmt: skip
-    """What limits the ratios: the decoding cost against whisperd's gap to the direct loop, and
-    each engine's stages on the long recording."""
+    """What limits the ratios: whisperd's time over the direct loop split where the completion's
+    processing_s allows (inside the job / after it), beside the decoding cost; and each engine's
+    stages on a long recording."""
+    direct_s, daemon_s, inside, after = rounds
     gap = statistics.median(d - x for d, x in zip(daemon_s, direct_s, strict=True))
     ffmpeg, pyav = sum(decoding["ffmpeg_s"]), sum(decoding["pyav_s"])
     n = len(decoding["files"])
+    ms = 1000
     s.add(
         "profile: whisperd's time over the direct loop per round (median)",
-        f"{gap:.2f} s for {n} jobs = {gap / n * 1000:.0f} ms per job",
+        f"{gap:.2f} s for {n} jobs = {gap / n * ms:.0f} ms per job",
+    )
+    per_job, decode_ms = statistics.mean(inside) * ms, (ffmpeg - pyav) / n * ms
+    s.add(
+        "profile: per job (mean of all rounds), whisperd over the direct loop = inside the job + after it",
+        f"{per_job + statistics.mean(after) * ms:.0f} ms = {per_job:.0f} ms (processing_s over the direct call) + "
+        f"{statistics.mean(after) * ms:.0f} ms (marker, confirm, ack, next delivery)",
     )
     s.add(
-        "profile: decoding those files, ffmpeg process (whisperd) / PyAV in-process (direct loop)",
-        f"{ffmpeg:.2f} / {pyav:.2f} s = {(ffmpeg - pyav) / n * 1000:.0f} ms more per job",
+        "profile: of the time inside the job, decoding: ffmpeg process (whisperd) / PyAV in-process (direct loop)",
+        f"{ffmpeg:.2f} / {pyav:.2f} s for {n} files = {decode_ms:.0f} ms more per job; "
+        f"the other {per_job - decode_ms:.0f} ms: attempt counter, result files, checks",
     )
     for condition in (False, True):
         for beam in (0, 5):
