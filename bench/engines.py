@@ -205,7 +205,7 @@ def add_profile(
     s.add(
         "profile: of the time inside the job, decoding: ffmpeg process (whisperd) / PyAV in-process (direct loop)",
         f"{ffmpeg:.2f} / {pyav:.2f} s for {n} files = {decode_ms:.0f} ms more per job; "
-        f"the other {per_job - decode_ms:.0f} ms: attempt counter, result files, checks",
+        f"the rest {per_job - decode_ms:.0f} ms (attempt counter, result files; a job's own time varies by ±60 ms)",
     )
     for condition in (False, True):
         for beam in (0, 5):

@@ -156,6 +156,25 @@ def test_a_job_past_its_time_limit_is_killed_retried_then_failed(broker, daemon_
     wait_for(lambda: broker.depth(broker.dead_queue)[0] == 1, 20, "the slow job in the dead-letter queue")
 
 
+def test_the_time_limit_runs_from_the_moment_a_job_is_taken_decoding_included(broker, daemon_factory, tmp_path):
+    """Nearly 4 hours of audio (2.6 MB of FLAC, honest timestamps, inside limits.max_duration_s)
+    takes seconds to decode; with a 1 s limit the supervisor kills the worker while ffmpeg still
+    runs: no processing event (it follows the decoding), and the job ends attempts_exhausted."""
+    long = tmp_path / "long.flac"
+    subprocess.run(["ffmpeg", "-nostdin", "-v", "error", "-f", "lavfi", "-i", "anullsrc=r=16000:cl=mono",
+                    "-t", "14000", "-c:a", "flac", str(long)], check=True)  # fmt: skip
+    d = daemon_factory(workers={"count": 1}, broker={"max_attempts": 1}, events={"progress": True},
+                       limits={"job_timeout_s": 1.0}).start()  # fmt: skip
+    submit(broker, d, long, "decodes-for-long")
+    [c] = broker.completions(1, 120)  # the first message for the job: no processing event came before it
+    assert (c["task_id"], c["status"], c["error"]["code"]) == ("decodes-for-long", "failed", "attempts_exhausted"), c
+    assert d.log().count("task decodes-for-long exceeded its time limit of 1 s; killing it") == 1, d.log()
+    assert "decodes-for-long: done" not in d.log()
+    submit(broker, d, SHORT.path, "after-the-kill")
+    got = broker.completions(2, 60)
+    assert [(c["task_id"], c["status"]) for c in got] == [("after-the-kill", "processing"), ("after-the-kill", "done")]
+
+
 def test_workers_fail_over_to_the_cluster_node_that_answers(broker, daemon_factory):
     dead = f"amqp://guest:guest@127.0.0.1:{free_port()}/%2F"
     d = daemon_factory(broker={"url": dead, "urls": [broker.url]}, workers={"count": 2}).start()
