@@ -5,6 +5,7 @@ real ``base`` weights on silence, tone, pink noise, music and speech separated b
 from __future__ import annotations
 
 import json
+import re
 import uuid
 from pathlib import Path
 
@@ -208,6 +209,9 @@ def test_base_finds_no_words_in_silence_tone_noise_or_music(base_daemon):
 
 
 def test_base_gives_speech_followed_by_silence_the_text_of_the_speech_alone(base_daemon):
+    """The silence adds no words. The gated audio ends in the padding after the speech instead of
+    at the file's end, which may change how one word is spelt (seen with faster-whisper int8 on an
+    AMD CPU: "blancesinas" alone, "blancasinas" with the silence), not how many words there are."""
     d, _ = base_daemon
     clip = testaudio.load(SPANISH.path)
     jobs = {
@@ -215,7 +219,9 @@ def test_base_gives_speech_followed_by_silence_the_text_of_the_speech_alone(base
         "then-silence": {"audio_path": stage_wav(d, "then.wav", np.concatenate([clip, testaudio.silence(60)]))},
     }
     got = run_jobs(base_daemon, jobs)
-    assert got["alone"]["text"] and got["then-silence"]["text"] == got["alone"]["text"]
+    alone, then = (re.sub(r"[^\w\s']", " ", got[k]["text"].lower()).split() for k in ("alone", "then-silence"))
+    assert alone and len(then) == len(alone), (alone, then)
+    assert sum(a != b for a, b in zip(alone, then, strict=True)) <= 1, (alone, then)
     assert got["then-silence"]["speech_s"] < len(clip) / SR + 1.0
 
 
