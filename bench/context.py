@@ -70,12 +70,16 @@ def run_direct(
     extra: tuple[str, ...] = (),
 ) -> Any:  # fmt: skip
     """The in-process whisper loop in its own process (bench.direct); returns its JSON report."""
-    cmd = [sys.executable, "-m", "bench.direct", "--model", model, "--threads", str(threads)]
-    cmd += ["--device", ctx.device, "--warmup", warmup, *(["--language", language] if language else []), *extra, *files]
+    args = ["--model", model, "--threads", str(threads), "--device", ctx.device, "--warmup", warmup]
+    return run_module("bench.direct", *args, *(["--language", language] if language else []), *extra, *files)
+
+
+def run_module(module: str, *args: str) -> Any:
+    """``python -m module args`` from the repository, in its own process; the JSON it prints."""
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, env=env, check=False)
+    proc = subprocess.run([sys.executable, "-m", module, *args], capture_output=True, text=True, cwd=REPO, env=env)
     if proc.returncode != 0:
-        raise RuntimeError(f"bench.direct failed ({proc.returncode}): {proc.stderr[-2000:]}")
+        raise RuntimeError(f"{module} failed ({proc.returncode}): {proc.stderr[-2000:]}")
     return json.loads(proc.stdout)
 
 

@@ -17,8 +17,6 @@ The speech gate is off (``transcribe.vad = false``): this compares the engines, 
 
 from __future__ import annotations
 
-import json
-import os
 import statistics
 import subprocess
 import sys
@@ -26,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.amqp import Producer, Queues
-from bench.context import Ctx, DirectLoop
+from bench.context import Ctx, DirectLoop, run_module
 from bench.daemon import REPO, Daemon
 from bench.procmem import memory
 from bench.real import REAL_WEIGHTS, alternating_rounds, batch, checkpoint, stage_real, texts_in_order
@@ -171,11 +169,7 @@ def run(ctx: Ctx) -> Section:
 
 def stages(ctx: Ctx, *args: str) -> dict[str, Any]:
     """bench.stages in its own process (one engine per process, as in a worker); its JSON report."""
-    cmd = [sys.executable, "-m", "bench.stages", "--threads", str(ctx.cores), *args]
-    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)})
-    if proc.returncode != 0:
-        raise RuntimeError(f"bench.stages failed ({proc.returncode}): {proc.stderr[-2000:]}")
-    report = json.loads(proc.stdout)
+    report = run_module("bench.stages", "--threads", str(ctx.cores), *args)
     report.pop("text", None)
     return report
 
@@ -192,6 +186,7 @@ def add_profile(
     ffmpeg, pyav = sum(decoding["ffmpeg_s"]), sum(decoding["pyav_s"])
     n = len(decoding["files"])
     ms = 1000
+    after_ms = statistics.mean(after) * ms
     s.add(
         "profile: whisperd's time over the direct loop per round (median)",
         f"{gap:.2f} s for {n} jobs = {gap / n * ms:.0f} ms per job",
@@ -199,8 +194,8 @@ def add_profile(
     per_job, decode_ms = statistics.mean(inside) * ms, (ffmpeg - pyav) / n * ms
     s.add(
         "profile: per job (mean of all rounds), whisperd over the direct loop = inside the job + after it",
-        f"{per_job + statistics.mean(after) * ms:.0f} ms = {per_job:.0f} ms (processing_s over the direct call) + "
-        f"{statistics.mean(after) * ms:.0f} ms (marker, confirm, ack, next delivery)",
+        f"{per_job + after_ms:.0f} ms = {per_job:.0f} ms (processing_s over the direct call) + "
+        f"{after_ms:.0f} ms (marker, confirm, ack, next delivery)",
     )
     s.add(
         "profile: of the time inside the job, decoding: ffmpeg process (whisperd) / PyAV in-process (direct loop)",

@@ -152,7 +152,9 @@ def main() -> int:
     p.add_argument("--decode", action="store_true", help="time decoding the files instead")
     p.add_argument("files", nargs="+")
     args = p.parse_args()
-    os.environ.update({k: str(args.threads) for k in ("OMP_NUM_THREADS", "MKL_NUM_THREADS")})
+    from whisperd.engines import thread_env
+
+    os.environ.update(thread_env(args.threads))  # before faster-whisper (PyAV, CTranslate2) is imported
     if args.decode:
         out = decode_costs(args.files, args.threads)
     else:
