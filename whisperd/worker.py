@@ -487,9 +487,12 @@ class Worker:
             self.inflight -= 1
             idle = self.inflight == 0
         if idle:
-            # A job that ends while the broker is gone leaves the worker reconnecting, not idle.
-            state = WorkerState.IDLE if self.report.current.broker is BrokerState.OK else WorkerState.CONNECTING
-            state = WorkerState.DRAINING if self.stopping else state
+            if self.stopping:
+                state = WorkerState.DRAINING
+            elif self.report.current.broker is BrokerState.OK:
+                state = WorkerState.IDLE
+            else:  # a job that ends while the broker is gone leaves the worker reconnecting, not idle
+                state = WorkerState.CONNECTING
             self.report.send(state=state, task=None, since=None, deadline=None, done=self.done, failed=self.failed)
             self._title(state.value)
         else:
