@@ -9,6 +9,8 @@ acks a job (or tells its user a job is queued) after the broker confirmed the pu
 
 from __future__ import annotations
 
+import base64
+import binascii
 import json
 import logging
 import random
@@ -19,6 +21,7 @@ from typing import Any
 import pika
 import pika.exceptions
 
+from whisperd import amqp_guard
 from whisperd.config import BrokerConfig, Config, job_deadline_s
 from whisperd.retry import Backoff, close_quietly
 
@@ -30,9 +33,46 @@ BACKSTOP_EXTRA_DELIVERIES = 20
 CONSUMER_TIMEOUT_MARGIN_S = 600
 AUTH_ERRORS = (pika.exceptions.ProbableAuthenticationError, pika.exceptions.ProbableAccessDeniedError)
 
+amqp_guard.install()  # every consumer whisperd runs connects through this module
+
 
 def dead_letter_queue(cfg: BrokerConfig) -> str:
     return f"{cfg.job_queue}.dead"
+
+
+def parked_queue(queue: str) -> str:
+    """Where a consumer of ``queue`` parks the messages it cannot take (``<queue>.dead``)."""
+    return f"{queue}.dead"
+
+
+# The result queue's arguments are part of the contract (its consumers may declare it with only
+# x-queue-type: quorum, and RabbitMQ refuses a declare with other arguments), so its delivery limit
+# is kept by its consumers: a message the broker has delivered this many times is parked.
+RESULT_DELIVERY_LIMIT = 5
+
+
+def delivery_count(props: pika.BasicProperties) -> int:
+    """How many times a quorum queue delivered this message before (its x-delivery-count header)."""
+    count = (props.headers or {}).get("x-delivery-count")
+    return count if isinstance(count, int) and not isinstance(count, bool) else 0
+
+
+def park(channel: Any, queue: str, body: bytes, props: pika.BasicProperties, reason: str, by: str) -> None:
+    """Move a message its consumer cannot take to ``queue`` with the reason in its headers, then the
+    caller acks it. Published rather than rejected, so whoever inspects it reads why
+    (``x-whisperd-reason``); with confirms on, the publish is confirmed before the ack.
+    Headers that could not be decoded are not copied (they are what made the message unreadable).
+    """
+    headers = {} if amqp_guard.undecodable(props.headers) else dict(props.headers or {})
+    headers.update({"x-whisperd-reason": reason[:1000], "x-whisperd-worker": by})
+    parked = pika.BasicProperties(
+        content_type=props.content_type,
+        delivery_mode=pika.DeliveryMode.Persistent,
+        correlation_id=props.correlation_id,
+        message_id=props.message_id,
+        headers=headers,
+    )
+    publish(channel, queue, body, parked)
 
 
 def job_queue_arguments(cfg: BrokerConfig) -> dict[str, Any]:
@@ -175,6 +215,7 @@ def declare_result_queue(channel: Any, queue: str) -> None:
     )
     probe = channel.connection.channel()
     try:
+        probe.queue_declare(parked_queue(queue), durable=True, arguments=QUORUM)
         probe.queue_declare(queue, durable=True, arguments=QUORUM)
     except pika.exceptions.ChannelClosedByBroker as e:
         if e.reply_code == 404:  # a classic queue whose node is down (a quorum queue has no single home)
@@ -197,9 +238,43 @@ def refuse_reply_to(cfg: BrokerConfig, reply_to: str) -> str | None:
     """
     if reply_to in (cfg.job_queue, dead_letter_queue(cfg)):
         return "it is one of whisperd's own queues"
+    direct = reply_to.startswith(DIRECT_REPLY_PREFIX)
+    if direct and not _direct_reply_name(reply_to[len(DIRECT_REPLY_PREFIX) :]):
+        return "it is not a direct reply-to name the broker gave out (one with a dot closes the whole connection)"
     if cfg.reply_to_prefixes and not reply_to.startswith(tuple(cfg.reply_to_prefixes)):
         return "it does not start with one of broker.reply_to_prefixes"
     return None
+
+
+DIRECT_REPLY_PREFIX = "amq.rabbitmq.reply-to."
+_ATOM_TAGS = {118: 2, 100: 2, 119: 1, 115: 1}  # (SMALL_)ATOM(_UTF8)_EXT -> bytes of its length field
+_PID_TAIL = {88: 12, 103: 9}  # NEW_PID_EXT, PID_EXT -> bytes after the node name
+
+
+def _direct_reply_name(rest: str) -> bool:
+    """Whether ``rest`` (after ``amq.rabbitmq.reply-to.``) has the shape RabbitMQ gives its direct
+    reply-to names: base64 of an Erlang pid term, a dot, base64 of a key.
+
+    RabbitMQ 3.10 decodes a name with a dot in it as that pid and, when it is anything else,
+    closes the publisher's whole connection (541 INTERNAL_ERROR); a name without a dot is
+    dropped quietly. Only the shape can be checked here: a well-formed pid of a node the broker
+    does not know still costs the connection, which the worker survives after its ack.
+    """
+    if "." not in rest:
+        return True  # the broker drops it without harm
+    parts = rest.split(".")
+    if len(parts) != 2:
+        return False
+    try:
+        pid, key = (base64.b64decode(p, validate=True) for p in parts)
+    except (binascii.Error, ValueError):
+        return False
+    if not key or len(pid) < 4 or pid[0] != 131 or pid[1] not in _PID_TAIL or pid[2] not in _ATOM_TAGS:
+        return False
+    width = _ATOM_TAGS[pid[2]]
+    start = 3 + width
+    node = pid[start : start + int.from_bytes(pid[3:start], "big")]
+    return b"@" in node and len(pid) == start + len(node) + _PID_TAIL[pid[1]]
 
 
 def properties(correlation_id: str | None = None, reply_to: str | None = None, **kw: Any) -> pika.BasicProperties:

@@ -55,6 +55,7 @@ class ErrorCode:
     TRANSCRIPTION_FAILED = "transcription_failed"
     ATTEMPTS_EXHAUSTED = "attempts_exhausted"
     TASK_ID_CONFLICT = "task_id_conflict"
+    INVALID_HEADERS = "invalid_headers"
 
 
 class JobError(Exception):
@@ -103,6 +104,16 @@ def _unwrap_envelope(body: dict[str, Any]) -> dict[str, Any]:
         renamed = {_CAMEL_CASE[k]: v for k, v in inner.items() if k in _CAMEL_CASE}
         return {**renamed, **{k: v for k, v in inner.items() if k not in _CAMEL_CASE}}
     return body
+
+
+def _is_text(s: str) -> bool:
+    """Whether ``s`` can be written as UTF-8: JSON lets a body carry a lone surrogate ("\\ud800"),
+    which would fail only when the result files are written, after the transcription."""
+    try:
+        s.encode()
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _task_id_of(body: Any) -> str | None:
@@ -179,6 +190,8 @@ def parse_job(
     audio_path = body.get("audio_path")
     if not isinstance(audio_path, str) or not audio_path.strip() or "\x00" in audio_path:
         raise fail(ErrorCode.INVALID_AUDIO_PATH, "audio_path must be a non-empty string")
+    if not _is_text(audio_path):
+        raise fail(ErrorCode.INVALID_AUDIO_PATH, "audio_path holds a lone UTF-16 surrogate: it is not text")
     if len(audio_path.encode(errors="surrogatepass")) > MAX_AUDIO_PATH_BYTES:
         raise fail(ErrorCode.INVALID_AUDIO_PATH, f"audio_path is longer than {MAX_AUDIO_PATH_BYTES} bytes")
     language = body.get("language")
@@ -199,6 +212,8 @@ def parse_job(
     prompt = body.get("initial_prompt")
     if prompt is not None and not isinstance(prompt, str):
         raise fail(ErrorCode.INVALID_OPTION, "initial_prompt must be a string")
+    if prompt and not _is_text(prompt):
+        raise fail(ErrorCode.INVALID_OPTION, "initial_prompt holds a lone UTF-16 surrogate: it is not text")
     if prompt and len(prompt.encode(errors="surrogatepass")) > MAX_PROMPT_BYTES:
         raise fail(
             ErrorCode.INVALID_OPTION,

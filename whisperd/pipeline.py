@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 from whisperd import media
 from whisperd.config import Config
-from whisperd.contract import DONE, Completion, ErrorCode, Job, JobError, parse_job
+from whisperd.contract import DONE, Completion, ErrorCode, Job, JobError, parse_job, peek_task_id
 from whisperd.results import ResultStore
 from whisperd.transcriber import Transcriber
 
@@ -85,6 +85,14 @@ class Pipeline:
                 outcome.ack, outcome.reason = False, f"{e.code}: {e.message}"
         if outcome.completion is not None and outcome.completion.task_id:
             self.store.end_attempts(outcome.completion.task_id)
+        return outcome
+
+    def refuse(self, body: bytes, code: str, message: str) -> Outcome:
+        """A job refused before it is parsed (its AMQP properties could not be decoded): a failed
+        completion when its task_id can be read, and always a dead letter with the reason."""
+        task_id = peek_task_id(body, self.cfg.limits.max_job_bytes)
+        outcome = self._failed(JobError(code, message, task_id), time.monotonic())
+        outcome.ack, outcome.reason = False, f"{code}: {message}"
         return outcome
 
     def _open(self, job: Job) -> media.MediaFile:

@@ -29,9 +29,9 @@ import pika
 import pika.exceptions
 from setproctitle import setproctitle
 
-from whisperd import broker
+from whisperd import amqp_guard, broker
 from whisperd.config import Config, job_deadline_s
-from whisperd.contract import FAILED, PROCESSING, Completion, Job, peek_task_id
+from whisperd.contract import FAILED, PROCESSING, Completion, ErrorCode, Job, peek_task_id
 from whisperd.logs import Labelled
 from whisperd.reporting import BrokerState, JobReport, QueueDepths, Reporter, WorkerState
 from whisperd.retry import Backoff, close_quietly
@@ -40,6 +40,14 @@ WORKER_BOOT_ERROR = 3
 DEPTH_EVERY_S = 5.0  # how often a worker reports queue depths (for `whisperd status` and metrics)
 REQUEUE_DELAY_S = 1.0
 PROGRESS_INTERVAL_S = 5.0  # processing events with events.progress: at most one per this many seconds
+
+
+class ReplyClosedConnection(Exception):
+    """The broker closed the connection over a reply (a direct reply-to name of a node it does not
+    know): the job was acked before, so the worker only reconnects, at once and without an outage."""
+
+    def __init__(self, reply_to: str, error: BaseException) -> None:
+        super().__init__(f"the broker closed the connection after a reply to {reply_to!r}: {broker.reason(error)}")
 
 
 @dataclass
@@ -154,6 +162,8 @@ class Worker:
                 self.log.error("%s", e)
                 self.report.send(state=WorkerState.BOOT_FAILED, error=str(e))
                 return WORKER_BOOT_ERROR
+            except ReplyClosedConnection as e:
+                self.log.warning("%s; reconnecting", e)
             except broker.AUTH_ERRORS as e:
                 reason = f"broker refused the credentials in broker.url ({type(e).__name__})"
                 if not self.ever_connected:
@@ -326,11 +336,14 @@ class Worker:
         self.report.send(
             state=WorkerState.BUSY, task=task_id, since=time.time(), deadline=job_deadline_s(self.cfg, 0.0)
         )
-        outcome = self.pipeline.run(
-            d.body,
-            on_started=functools.partial(self._on_started, job_props=d.props),
-            on_progress=functools.partial(self._on_progress, job_props=d.props),
-        )
+        if why := amqp_guard.undecodable(d.props.headers):
+            outcome = self.pipeline.refuse(d.body, ErrorCode.INVALID_HEADERS, f"the message's AMQP headers: {why}")
+        else:
+            outcome = self.pipeline.run(
+                d.body,
+                on_started=functools.partial(self._on_started, job_props=d.props),
+                on_progress=functools.partial(self._on_progress, job_props=d.props),
+            )
         self._report_job(outcome)
         self._hand_back(d, outcome.completion, ack=outcome.ack, reason=outcome.reason)
 
@@ -410,11 +423,16 @@ class Worker:
             if d.channel is not self.channel or not d.channel.is_open:
                 return  # delivered on a connection that is gone: it is back in the queue
             if completion is not None:
-                self._publish_completion(d.channel, completion, d.props)
+                body, props = self._publish_result(d.channel, completion, d.props)
             if ack:
                 d.channel.basic_ack(d.tag)
             else:
                 self._dead_letter(d, reason or "rejected")
+            if completion is not None and d.props.reply_to:
+                # After the ack, and after a round trip that proves the broker has it: a reply that
+                # costs the connection cannot make the broker hand the job out again.
+                d.channel.basic_qos(prefetch_count=self.cfg.broker.prefetch)
+                self._reply_to_job(d.props, body, props)
         finally:
             self._settled()
 
@@ -432,33 +450,30 @@ class Worker:
             self._settled()
 
     def _dead_letter(self, d: Delivery, reason: str) -> None:
-        """Move a job to the dead-letter queue with the reason in its headers, then ack it.
-
-        Published by us rather than rejected, so whoever inspects the dead letters reads why
-        (``x-whisperd-reason``); the confirm comes before the ack, so the job is never lost.
-        """
-        props = d.props
-        headers = dict(props.headers or {})
-        headers.update({"x-whisperd-reason": reason[:1000], "x-whisperd-worker": self.name})
-        dead = pika.BasicProperties(
-            content_type=props.content_type,
-            delivery_mode=pika.DeliveryMode.Persistent,
-            correlation_id=props.correlation_id,
-            message_id=props.message_id,
-            headers=headers,
-        )
+        """Move a job to the dead-letter queue with the reason in its headers, then ack it
+        (the confirm comes before the ack, so the job is never lost)."""
         try:
-            broker.publish(d.channel, broker.dead_letter_queue(self.cfg.broker), d.body, dead)
+            broker.park(d.channel, broker.dead_letter_queue(self.cfg.broker), d.body, d.props, reason, self.name)
         except pika.exceptions.UnroutableError:
             d.channel.basic_reject(d.tag, requeue=False)  # no dead-letter queue: the broker's DLX decides
             return
         d.channel.basic_ack(d.tag)
 
     def _publish_completion(self, ch: Any, completion: Completion, job_props: pika.BasicProperties | None) -> None:
+        body, props = self._publish_result(ch, completion, job_props)
+        self._reply_to_job(job_props, body, props)
+
+    def _publish_result(
+        self, ch: Any, completion: Completion, job_props: pika.BasicProperties | None
+    ) -> tuple[bytes, pika.BasicProperties]:
+        """Publish to the result queue (confirmed); returns what a reply to the job's reply_to carries."""
         body = completion.to_json()
         correlation_id = (job_props.correlation_id if job_props else None) or completion.task_id
         props = broker.properties(correlation_id=correlation_id, message_id=f"{completion.task_id}:{completion.status}")
         broker.publish(ch, self.cfg.broker.result_queue, body, props)
+        return body, props
+
+    def _reply_to_job(self, job_props: pika.BasicProperties | None, body: bytes, props: pika.BasicProperties) -> None:
         reply_to = job_props.reply_to if job_props else None
         if reply_to and reply_to != self.cfg.broker.result_queue:
             self._reply(reply_to, body, props)
@@ -478,9 +493,12 @@ class Worker:
             if self.reply_channel is None or not self.reply_channel.is_open:
                 self.reply_channel = self.connection.channel()
             broker.publish(self.reply_channel, reply_to, body, props, mandatory=False)
+            self.reply_channel.basic_qos(prefetch_count=1)  # a round trip: what the reply cost shows here
         except (pika.exceptions.ChannelError, pika.exceptions.ChannelClosed) as e:
             self.log.warning("could not reply to %r: %s", reply_to, broker.reason(e))
             self.reply_channel = None
+        except pika.exceptions.ConnectionClosedByBroker as e:
+            raise ReplyClosedConnection(reply_to, e) from None
 
     def _settled(self) -> None:
         with self.cond:
