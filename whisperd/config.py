@@ -1,14 +1,18 @@
 """Configuration: one TOML file, read with tomllib, checked strictly before anything starts.
 
-Every key has a default, so an empty file is a valid configuration. A typo or a wrong type
-stops the start with one line that names the key, instead of being silently ignored.
+Every key has a default, so a file of comments only is a valid configuration (an empty one is
+refused: more likely a truncated write than a wish for every default). A typo or a wrong type
+stops the start with one line that names the key, instead of being silently ignored; a file that
+cannot be read or parsed at all is a ConfigError too, so a reload keeps the running configuration.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import re
+import stat
 import tomllib
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -46,14 +50,27 @@ def _non_negative(v: Any) -> bool:
     return v >= 0
 
 
+def _digits(v: str) -> bool:
+    """ASCII digits only: str.isdigit() also accepts "²" and "١", which int() then refuses or misreads."""
+    return v.isascii() and v.isdigit()
+
+
 def _device(v: str) -> bool:
     if v in ("auto", "cpu", "cuda"):
         return True
-    return v.startswith("cuda:") and v[5:].isdigit()
+    return v.startswith("cuda:") and _digits(v[5:])
+
+
+def _scheme(v: str) -> str:
+    """The URL's scheme, or "" when urllib cannot parse it (``[::1`` raises ValueError)."""
+    try:
+        return urlparse(v).scheme
+    except ValueError:
+        return ""
 
 
 def _amqp_url(v: str) -> bool:
-    return urlparse(v).scheme in ("amqp", "amqps")
+    return _scheme(v) in ("amqp", "amqps")
 
 
 def _queue_name(v: str) -> bool:
@@ -69,15 +86,26 @@ def listen_ok(v: str) -> bool:
     if v == "":
         return True
     host, sep, port = v.rpartition(":")
-    return bool(sep) and port.isdigit() and 0 < int(port) < 65536 and "/" not in host
+    return bool(sep) and _digits(port) and 0 < int(port) < 65536 and "/" not in host
 
 
 def _http_url_or_empty(v: str) -> bool:
-    return v == "" or (urlparse(v).scheme in ("http", "https") and bool(urlparse(v).netloc))
+    if v == "":
+        return True
+    try:
+        parsed = urlparse(v)
+    except ValueError:
+        return False
+    return parsed.scheme in ("http", "https") and bool(parsed.netloc)
+
+
+def _abs_path(v: str) -> bool:
+    """Absolute, and without a NUL byte (TOML's "\u0000"), which no system call accepts."""
+    return os.path.isabs(v) and "\0" not in v
 
 
 def _abs_or_empty(v: str) -> bool:
-    return v == "" or os.path.isabs(v)
+    return v == "" or _abs_path(v)
 
 
 def split_listen(v: str) -> tuple[str, int]:
@@ -132,8 +160,8 @@ class ModelConfig:
 
 @dataclass
 class StorageConfig:
-    media_root: str = key("/var/lib/whisperd/media", os.path.isabs, "must be an absolute path")
-    results_dir: str = key("/var/lib/whisperd/results", os.path.isabs, "must be an absolute path")
+    media_root: str = key("/var/lib/whisperd/media", _abs_path, "must be an absolute path")
+    results_dir: str = key("/var/lib/whisperd/results", _abs_path, "must be an absolute path")
 
 
 @dataclass
@@ -199,7 +227,7 @@ class MetricsConfig:
 @dataclass
 class ApiConfig:
     listen: str = key("127.0.0.1:8080", lambda v: v != "" and listen_ok(v), "must be host:port (e.g. 127.0.0.1:8080)")
-    state_dir: str = key("/var/lib/whisperd/api", os.path.isabs, "must be an absolute path")
+    state_dir: str = key("/var/lib/whisperd/api", _abs_path, "must be an absolute path")
     upload_subdir: str = key(
         "uploads",
         lambda v: bool(v) and not os.path.isabs(v) and ".." not in v.split("/"),
@@ -270,14 +298,36 @@ def checked_value(cls: type, fname: str, value: Any, prefix: str = "") -> Any:
     float), or ConfigError "<prefix><fname>: <why> (got ...)". Jobs reuse it for their options."""
     f = next(f for f in dataclasses.fields(cls) if f.name == fname)
     kind = {"str": str, "int": int, "float": float, "bool": bool, "list": list}[f.type]
-    shown = repr(value)
-    shown = shown if len(shown) <= 80 else shown[:77] + "..."  # a job's value may be huge
+    shown = _shown(value)
     if not _type_ok(value, kind):
         raise ConfigError(f"{prefix}{fname}: must be {_TYPE_NAMES[kind]} (got {shown})")
     check = f.metadata.get("check")
-    if check is not None and not check(value):
+    if check is not None and not _passes(check, value):
         raise ConfigError(f"{prefix}{fname}: {f.metadata['why']} (got {shown})")
-    return float(value) if kind is float else value
+    if kind is not float:
+        return value
+    try:
+        number = float(value)
+    except OverflowError:
+        number = math.inf
+    if not math.isfinite(number):  # TOML has inf and nan; an integer of 400 digits overflows float()
+        raise ConfigError(f"{prefix}{fname}: must be a finite number (got {shown})")
+    return number
+
+
+def _shown(value: Any) -> str:
+    """The value as an error quotes it, cut to 80 characters (a job's value may be huge)."""
+    shown = repr(value)
+    return shown if len(shown) <= 80 else shown[:77] + "..."
+
+
+def _passes(check: Callable[[Any], bool], value: Any) -> bool:
+    """Whether ``value`` passes ``check``; a check that cannot even look at the value fails it, so
+    that no value in a file can crash a reload."""
+    try:
+        return bool(check(value))
+    except Exception:
+        return False
 
 
 def parse(raw: dict[str, Any], path: str | None = None) -> Config:
@@ -302,21 +352,67 @@ def resolve_path(explicit: str | None) -> Path:
     return DEFAULT_PATH
 
 
+MAX_CONFIG_BYTES = 1 << 20  # a config is a few KiB; a reload must not read /dev/zero or a huge file to its end
+
+
 def load(explicit: str | None = None) -> Config:
+    """Read, parse and check the config file; every way it can be unusable is a ConfigError with
+    one line, so a reload (SIGHUP) refuses it and keeps the running configuration."""
     path = resolve_path(explicit)
+    text = _decode(path, _read(path))
+    if not text.strip():
+        raise ConfigError(f"{path}: the file is empty (a truncated write?); a file of comments only gives the defaults")
     try:
-        with open(path, "rb") as f:
-            raw = tomllib.load(f)
-    except FileNotFoundError:
-        raise ConfigError(f"{path}: config file not found") from None
-    except PermissionError:
-        raise ConfigError(f"{path}: permission denied reading the config file") from None
+        raw = tomllib.loads(text)
+    except RecursionError:
+        raise ConfigError(f"{path}: not valid TOML: nested too deeply") from None
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(f"{path}: not valid TOML: {e}") from None
+    except ValueError:  # Python's cap on int() of a string
+        raise ConfigError(f"{path}: not valid TOML: an integer of more than 4300 digits") from None
     try:
         return parse(raw, str(path))
     except ConfigError as e:
         raise ConfigError(f"{path}: {e}") from None
+    except Exception as e:  # a bug in a check must not take the daemon down; no value is quoted
+        raise ConfigError(f"{path}: cannot be used ({type(e).__name__})") from None
+
+
+def _read(path: Path) -> bytes:
+    """The file's bytes, only from a regular file: opened without blocking (a FIFO would hang the
+    supervisor) and read up to MAX_CONFIG_BYTES."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: config file not found") from None
+    except PermissionError:
+        raise ConfigError(f"{path}: permission denied reading the config file") from None
+    except (OSError, ValueError) as e:  # ELOOP (a symlink loop), ENAMETOOLONG, a NUL byte...
+        raise ConfigError(f"{path}: cannot open the config file: {getattr(e, 'strerror', None) or e}") from None
+    try:
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):
+            kind = "a directory" if stat.S_ISDIR(mode) else "a FIFO, a device or a socket"
+            raise ConfigError(f"{path}: is {kind}, not a regular file")
+        with os.fdopen(fd, "rb", closefd=False) as f:
+            data = f.read(MAX_CONFIG_BYTES + 1)
+    except OSError as e:
+        raise ConfigError(f"{path}: cannot read the config file: {e.strerror or e}") from None
+    finally:
+        os.close(fd)
+    if len(data) > MAX_CONFIG_BYTES:
+        raise ConfigError(f"{path}: larger than {MAX_CONFIG_BYTES // 2**20} MiB, not a config file")
+    return data
+
+
+def _decode(path: Path, data: bytes) -> str:
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = data.count(b"\n", 0, e.start) + 1
+        raise ConfigError(
+            f"{path}: not UTF-8 (byte 0x{data[e.start]:02x} on line {line}); TOML files are UTF-8: save it as UTF-8"
+        ) from None
 
 
 def job_deadline_s(cfg: Config, duration_s: float) -> float:
