@@ -469,8 +469,11 @@ def test_unit_settings_and_security_exposure(installed: Container) -> None:
     assert "rabbitmq-server.service" in c.prop("After") and "network-online.target" in c.prop("After")
     assert "rabbitmq-server" not in c.prop("Requires") + c.prop("Wants")
     assert c.prop("TasksMax") == "2048"
+    assert (c.prop("LimitNOFILESoft"), c.prop("LimitNOFILE")) == ("4096", "4096")
     assert "/var/lib/whisperd/media" in c.prop("ReadOnlyPaths")
     pid = c.sh("systemctl show -p MainPID --value whisperd").stdout.strip()
+    limits = c.sh(f"grep 'Max open files' /proc/{pid}/limits").stdout.split()
+    assert limits[3:5] == ["4096", "4096"], limits  # soft and hard, as the supervisor really runs
     media_in_unit = c.sh(f"nsenter -t {pid} -m -- findmnt -no OPTIONS /var/lib/whisperd/media").stdout
     assert media_in_unit.split(",")[0] == "ro", media_in_unit
     out = c.sh("systemd-analyze security --no-pager whisperd.service", check=False).stdout

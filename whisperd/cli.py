@@ -56,6 +56,9 @@ def cmd_status(args: argparse.Namespace) -> int:
     except control.NotRunning as e:
         print(f"whisperd: the daemon is not running ({e})", file=sys.stderr)
         return 3  # LSB: program is not running
+    except control.Busy as e:
+        print(f"whisperd: the daemon is running but too busy to answer ({e})", file=sys.stderr)
+        return 4  # LSB: program or service status is unknown
     try:
         control.check_answered_for(status, str(config_mod.resolve_path(args.config)))
     except control.OtherDaemon as e:

@@ -31,10 +31,17 @@ SOCKET_NAME = "control.sock"
 SYSTEM_RUNTIME_DIR = "/run/whisperd"
 SEND_TIMEOUT_S = 1.0
 MAX_ANSWER = 4 * 2**20
+BACKLOG = 128
+CLIENTS_PER_PASS = 64  # answered per pass of the supervisor's loop: a connect flood cannot hold the loop
 
 
 class NotRunning(RuntimeError):
     """No daemon answers on the control socket; str() says where we looked and why."""
+
+
+class Busy(RuntimeError):
+    """A daemon listens on the control socket but did not answer in time (e.g. a flood of
+    clients fills its queue): it is running, its state is unknown."""
 
 
 def default_runtime_dir() -> str:
@@ -109,7 +116,7 @@ class ControlServer:
                 sock.bind(self.path)
             finally:
                 os.umask(old_umask)
-            sock.listen(16)
+            sock.listen(BACKLOG)
             sock.setblocking(False)
         except OSError as e:
             log.warning("cannot open the control socket %s (%s); `whisperd status` will not work", self.path, e)
@@ -123,7 +130,7 @@ class ControlServer:
         """Answer every waiting client with ``snapshot()``; called when the socket is readable."""
         if self.sock is None:
             return
-        while True:
+        for _ in range(CLIENTS_PER_PASS):
             try:
                 conn, _ = self.sock.accept()
             except (BlockingIOError, InterruptedError):
@@ -175,8 +182,13 @@ def _answers(path: str) -> bool:
 
 
 def query(paths: list[str], timeout: float = 5.0) -> dict[str, Any]:
-    """The client's end: the first daemon that answers on one of ``paths``, or NotRunning."""
-    problems = []
+    """The client's end: the first daemon that answers on one of ``paths``.
+
+    Raises NotRunning when nobody listens, and Busy when a daemon listens but gives no whole
+    answer within ``timeout`` (its queue of clients stays full, or it is stuck): ``whisperd
+    status`` must not call a running daemon "not running".
+    """
+    problems, busy = [], []
     for path in paths:
         try:
             os.stat(path)
@@ -193,23 +205,44 @@ def query(paths: list[str], timeout: float = 5.0) -> dict[str, Any]:
                 problems.append(f"{path}: refused: {e.strerror}")
                 continue
         try:
-            with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
-                s.settimeout(timeout)
-                s.connect(path)
-                chunks = []
-                while sum(map(len, chunks)) < MAX_ANSWER:
-                    chunk = s.recv(65536)
-                    if not chunk:
-                        break
-                    chunks.append(chunk)
-            return json.loads(b"".join(chunks))
+            return _ask(path, time.monotonic() + timeout)
         except PermissionError:
             problems.append(f"{path}: permission denied (run as root or as a member of the daemon's group)")
         except (ConnectionRefusedError, FileNotFoundError):
             problems.append(f"{path}: nobody is listening (stale socket)")
+        except (TimeoutError, BlockingIOError) as e:
+            busy.append(f"{path}: no answer within {timeout:.0f} s ({e.strerror or 'timed out'})")
         except (OSError, ValueError) as e:
             problems.append(f"{path}: {e}")
+    if busy:
+        raise Busy("; ".join(busy))
     raise NotRunning("; ".join(problems))
+
+
+def _ask(path: str, deadline: float) -> dict[str, Any]:
+    """Connect (again while the daemon's queue of clients is full) and read one whole answer."""
+    while True:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+            s.settimeout(max(0.05, deadline - time.monotonic()))
+            try:
+                s.connect(path)
+            except BlockingIOError:  # EAGAIN: the listen queue is full; a running daemon empties it
+                if time.monotonic() >= deadline:
+                    raise
+                time.sleep(0.02)
+                continue
+            chunks: list[bytes] = []
+            while sum(map(len, chunks)) < MAX_ANSWER:
+                s.settimeout(max(0.05, deadline - time.monotonic()))
+                chunk = s.recv(65536)
+                if not chunk:
+                    break
+                chunks.append(chunk)
+        if not chunks and time.monotonic() < deadline:
+            continue  # accepted, then closed unanswered: it was answering others
+        if not chunks:
+            raise TimeoutError(110, "connected, but no answer")
+        return json.loads(b"".join(chunks))
 
 
 def status_document(snap: PoolSnapshot, answered_on: str) -> dict[str, Any]:

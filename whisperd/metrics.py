@@ -2,8 +2,9 @@
 
 The supervisor has no torch and already hears every worker's reports, so it is the one place
 that sees the whole pool: job outcomes come in as worker reports, memory and queue depths are
-copied into gauges once a second by the main loop. prometheus_client serves them from its own
-thread; the main loop only ever sets values, so a slow scraper cannot stall supervision.
+copied into gauges once a second by the main loop. ``metrics_server`` serves them from threads
+of its own, a bounded number; the main loop only ever sets values, so a slow scraper (or a
+thousand idle connections) cannot stall supervision.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 import logging
 import time
 
+from whisperd import metrics_server
 from whisperd.config import split_listen
 from whisperd.reporting import BrokerState, WorkerReport, WorkerState
 from whisperd.snapshot import PoolSnapshot
@@ -52,7 +54,7 @@ def start(listen: str) -> NullMetrics | Metrics:
 class Metrics:
     def __init__(self, listen: str) -> None:
         try:
-            from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+            from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
         except ImportError:
             raise MetricsError(
                 "metrics.listen is set but prometheus_client is not installed (pip install 'whisperd[metrics]')"
@@ -80,7 +82,7 @@ class Metrics:
         self._last_update = 0.0
         host, port = split_listen(listen)
         try:
-            self.server, _thread = start_http_server(port, host, registry=r)
+            self.server = metrics_server.serve(host, port, r)
         except OSError as e:
             raise MetricsError(f"metrics.listen = {listen!r}: cannot listen: {e}") from None
         log.info("metrics: http://%s:%d/metrics", host, self.server.server_port)
@@ -135,8 +137,10 @@ class Metrics:
                 self.gpu.labels(str(w.slot)).set(w.gpu_mb * 2**20)
 
     def close_in_child(self) -> None:
-        """In a forked worker: drop the listening socket (the serving thread was not forked)."""
+        """In a forked worker: drop the sockets (the serving threads were not forked)."""
         self.server.socket.close()
+        for conn in list(self.server.active):
+            conn.close()
 
     def close(self) -> None:
         self.server.shutdown()

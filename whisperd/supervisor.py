@@ -18,7 +18,6 @@ runs and no worker has missed its heartbeat.
 from __future__ import annotations
 
 import dataclasses
-import errno
 import logging
 import os
 import select
@@ -45,6 +44,7 @@ log = logging.getLogger("whisperd.supervisor")
 
 QUIT_GRACE_S = 10.0
 MEMORY_CHECK_EVERY_S = 1.0
+SPAWN_RETRY_S = 5.0
 
 
 def threads_for(cfg: Config) -> int:
@@ -152,20 +152,28 @@ class Supervisor:
             self.sig_queue.append(signum)
 
     def _sleep(self) -> None:
+        """Wait up to a second for a signal, a report or a status client.
+
+        poll(), not select(): select() cannot take a descriptor above 1023, which a worker's
+        socket gets as soon as something else in the process holds many.
+        """
         if self.sig_queue:
             return
-        fds: list[Any] = [self._wake_r] + [w.sock for w in self.workers.values() if w.sock is not None]
-        if self.control.sock is not None:
-            fds.append(self.control.sock)
+        poller = select.poll()
+        poller.register(self._wake_r, select.POLLIN)
+        for w in self.workers.values():
+            if w.sock is not None:
+                poller.register(w.sock, select.POLLIN)
+        control_fd = self.control.sock.fileno() if self.control.sock is not None else -1
+        if control_fd >= 0:
+            poller.register(control_fd, select.POLLIN)
         try:
-            readable, _, _ = select.select(fds, [], [], 1.0)
-        except OSError as e:
-            if e.errno in (errno.EINTR, errno.EBADF):
-                return
-            raise
-        if self.control.sock is not None and self.control.sock in readable:
+            ready = {fd for fd, _ in poller.poll(1000)}
+        except InterruptedError:
+            return
+        if control_fd in ready:
             self._control_waiting = True  # answered at the end of this pass, from its snapshot
-        if self._wake_r in readable:
+        if self._wake_r in ready:
             try:
                 while os.read(self._wake_r, 4096):
                     pass
@@ -293,7 +301,12 @@ class Supervisor:
     def _apply(self, actions: list[pool.Action]) -> None:
         for action in actions:
             if isinstance(action, pool.Spawn):
-                self.spawn(action.slot)
+                try:
+                    self.spawn(action.slot)
+                except OSError as e:  # no descriptor or process left (EMFILE, EAGAIN): try again later
+                    log.error("cannot start worker %d: %s; trying again in %.0f s", action.slot, e, SPAWN_RETRY_S)
+                    slot = self.slots.get(action.slot, Slot())
+                    self.slots[action.slot] = dataclasses.replace(slot, backoff_until=time.monotonic() + SPAWN_RETRY_S)
                 continue
             if isinstance(action, pool.WaitForGpu):
                 log.warning(
@@ -326,7 +339,7 @@ class Supervisor:
         for w in list(self.workers.values()):
             try:
                 w.rss_mb = psutil.Process(w.pid).memory_info().rss / 2**20
-            except psutil.Error:
+            except (psutil.Error, OSError):  # OSError: no descriptor left to read /proc with (EMFILE)
                 continue
 
     @property
@@ -412,7 +425,12 @@ class Supervisor:
         device = self.gpus.device_for(slot, self.cfg.model.device)
         parent_sock, child_sock = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
         sys.stderr.flush()
-        pid = os.fork()
+        try:
+            pid = os.fork()
+        except OSError:
+            parent_sock.close()
+            child_sock.close()
+            raise
         if pid:
             child_sock.close()
             parent_sock.setblocking(False)
