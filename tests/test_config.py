@@ -40,6 +40,15 @@ def test_empty_file_gives_the_documented_defaults():
         ({"broker": {"url": "http://x"}}, "broker.url: must be an amqp://"),
         ({"broker": {"urls": ["amqp://a", "http://b"]}}, "broker.urls: must be a list of amqp://"),
         ({"broker": {"urls": "amqp://a"}}, "broker.urls: must be a list"),
+        ({"broker": {"url": "amqp://guest:guest@[::1/%2F"}}, "broker.url: must be an amqp://"),
+        ({"broker": {"url": "amqp://whisper:pa/ss@rabbit:5672/"}}, "broker.url: must be an amqp://"),
+        ({"broker": {"url": "amqp://rabbit:99999/"}}, "broker.url: must be an amqp://"),
+        ({"model": {"mirror": "http://[::1"}}, "model.mirror: must be an http://"),
+        ({"metrics": {"listen": "127.0.0.1:\u00b2"}}, "metrics.listen: must be host:port"),
+        ({"model": {"device": "cuda:\u00b2"}}, "model.device: must be auto, cpu, cuda or cuda:N"),
+        ({"storage": {"media_root": "/srv/\0media"}}, "storage.media_root: must be an absolute path"),
+        ({"limits": {"max_file_mb": 10**400}}, "limits.max_file_mb: must be a finite number"),
+        ({"workers": {"drain_timeout": float("inf")}}, "workers.drain_timeout: must be a finite number"),
         ({"broker": {"heartbeat": "60"}}, "broker.heartbeat: must be an integer"),
         ({"workers": {"count": True}}, "workers.count: must be an integer"),
         ({"workers": {"count": 0}}, "workers.count: must be between 1 and 256"),
@@ -133,9 +142,72 @@ def test_bad_speech_gate_and_guard_values_name_the_key(raw, message):
         ("amqps://u:p@ss/w@[::1]:5671/vh", "amqps://u:***@[::1]:5671/vh"),
         ("cannot connect to bob:hunter2@rabbit1:5672", "cannot connect to bob:***@rabbit1:5672"),
         ("amqp://rabbit1:5672/%2F and 10:30 are not secrets", "amqp://rabbit1:5672/%2F and 10:30 are not secrets"),
+        ('(got "amqp://u:pa\'ss@h:5672/")', '(got "amqp://u:***@h:5672/")'),
+        ("lost amqp://u:pa ss w@h:5672/ at 10:30", "lost amqp://u:***@h:5672/ at 10:30"),
+        ("['amqp://u:p@h', 'amqps://v:q w@k']", "['amqp://u:***@h', 'amqps://v:***@k']"),
+        ("broker=amqp://u:a://b@h/", "broker=amqp://u:***@h/"),
+        ("url:amqp://v:c d@k", "url:amqp://v:***@k"),
+        ("amqp://u:p@h, then url:amqp://v:c d@k", "amqp://u:***@k"),  # over-hiding, never showing
+        ("got 'amqp//whisper:S3cr3t-pw@rabbit:5672/'", "got 'amqp//whisper:***@rabbit:5672/'"),
     ],
 )
 def test_passwords_are_redacted_in_messages(text, shown):
     from whisperd.logs import redact
 
     assert redact(text) == shown
+
+
+def test_redaction_is_linear_in_a_long_line():
+    """Every log line goes through redact: a 100 000-character word must not cost seconds (the
+    former patterns backtracked over the whole word from each of its characters)."""
+    import time
+
+    from whisperd.logs import redact
+
+    for line in ("a" * 100_000, "amqp://" + "u" * 100_000, " amqp://u:p" * 10_000):
+        started = time.monotonic()
+        redact(line)
+        assert time.monotonic() - started < 1.0
+
+
+# Passwords an operator may put in a URL, unencoded; each carries "Zq9" to look for in the output.
+SECRETS = ["Zq9pa'ss", "Zq9pa ss", 'Zq9pa"ss', "Zq9p@ss@word", "Zq9p/ss/word", "Zq9p#ss", "Zq9p%40ss",
+           "Zq9pässwörd€", "Zq9pa:ss:word", "Zq9p'a\"s s", "Zq9p\\ss", "Zq9pa\tss", "Zq9pa://ss", "Zq9p,a]s'",
+           "Zq9" + "x" * 300]  # fmt: skip
+NASTY = "Zq9pa'ss w@rd"
+SECRET_CONFIGS = [
+    *((f"broker.url[{s[3:13]!r}]", {"broker": {"url": f"amqpx://whisper:{s}@rabbit:5672/"}}) for s in SECRETS),
+    ("broker.url unparsable", {"broker": {"url": f"amqp://whisper:{NASTY}@[::1/%2F"}}),
+    ("broker.urls entry", {"broker": {"urls": ["amqp://a", f"amqpx://whisper:{NASTY}@b:5672/"]}}),
+    ("model.mirror", {"model": {"mirror": f"ftp://mirror:{NASTY}@mirror.lan/whisper"}}),
+    ("api.allowed_origins", {"api": {"allowed_origins": [f"https://web:{NASTY}@intranet.example/path"]}}),
+    ("metrics.listen", {"metrics": {"listen": f"http://metrics:{NASTY}@host:9464"}}),
+    ("unknown key named by a URL", f'[broker]\n"amqp://whisper:{NASTY}@rabbit" = 1\n'),
+]
+
+
+@pytest.mark.parametrize("sections", [c[1] for c in SECRET_CONFIGS], ids=[c[0] for c in SECRET_CONFIGS])
+def test_check_config_never_prints_a_password(tmp_path, sections):
+    from whisperd.testing import write_toml
+
+    path = tmp_path / "whisperd.toml"
+    if isinstance(sections, str):
+        path.write_text(sections)  # TOML text of its own
+    else:
+        write_toml(path, sections)
+    run = subprocess.run(
+        [sys.executable, "-m", "whisperd", "check-config", "--config", str(path)], capture_output=True, text=True
+    )
+    assert run.returncode == 1, run.stdout
+    assert "Zq9" not in run.stdout + run.stderr, run.stderr
+    assert ":***@" in run.stderr and len(run.stderr.splitlines()) == 1
+
+
+def test_check_config_hides_a_password_equal_to_the_user_name(tmp_path):
+    path = tmp_path / "whisperd.toml"
+    path.write_text('[broker]\nurl = "amqpx://Zq9same:Zq9same@rabbit:5672/"\n')
+    run = subprocess.run(
+        [sys.executable, "-m", "whisperd", "check-config", "--config", str(path)], capture_output=True, text=True
+    )
+    assert run.returncode == 1 and "(got 'amqpx://Zq9same:***@rabbit:5672/')" in run.stderr
+    assert run.stderr.count("Zq9same") == 1

@@ -8,6 +8,7 @@ one line of error and exit 1, never a traceback.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import stat
@@ -167,3 +168,12 @@ def test_check_config_refuses_a_broken_config_in_one_line(tmp_path, variant):
     [line] = run.stderr.splitlines()
     assert line.startswith(f"whisperd: config error: {path}: ")
     assert "guest:guest" not in line
+
+
+@pytest.mark.parametrize("secret", ["Zq9pa'ss", "Zq9pa ss", 'Zq9p"a s@s', "Zq9p:a%40", "Zq9pässwörd", "Zq9p/a#s"])
+def test_a_refused_reload_never_logs_a_password(running, secret):
+    daemon, _ = running
+    url = f"amqp://whisper:{secret}@[::1/%2F"  # unparsable (or its port, after a "/" or "#"): the refusal quotes it
+    log = refused_reload(daemon, with_value("broker", "url", json.dumps(url)))
+    assert "reload failed" in log and "whisper:***@" in log
+    assert "Zq9" not in log

@@ -62,11 +62,16 @@ def _device(v: str) -> bool:
 
 
 def _scheme(v: str) -> str:
-    """The URL's scheme, or "" when urllib cannot parse it (``[::1`` raises ValueError)."""
+    """The URL's scheme, or "" when urllib cannot parse it: ``[::1`` raises ValueError, and so does
+    the port of ``amqp://user:pa/ss@host`` (an unencoded "/", "#" or "?" in the password ends the
+    host part, and the rest of ``user:pa`` is taken for the port: pika would fail on it later and
+    print that part of the password in its error)."""
     try:
-        return urlparse(v).scheme
+        parsed = urlparse(v)
+        parsed.port  # noqa: B018 (it parses the port)
     except ValueError:
         return ""
+    return parsed.scheme
 
 
 def _amqp_url(v: str) -> bool:
@@ -90,13 +95,7 @@ def listen_ok(v: str) -> bool:
 
 
 def _http_url_or_empty(v: str) -> bool:
-    if v == "":
-        return True
-    try:
-        parsed = urlparse(v)
-    except ValueError:
-        return False
-    return parsed.scheme in ("http", "https") and bool(parsed.netloc)
+    return v == "" or (_scheme(v) in ("http", "https") and bool(urlparse(v).netloc))
 
 
 def _abs_path(v: str) -> bool:
@@ -316,7 +315,15 @@ def checked_value(cls: type, fname: str, value: Any, prefix: str = "") -> Any:
 
 
 def _shown(value: Any) -> str:
-    """The value as an error quotes it, cut to 80 characters (a job's value may be huge)."""
+    """The value as an error quotes it: passwords of URLs hidden before quoting (a password may
+    hold a quote or a space, which no pattern over the quoted text can tell from its end), and cut
+    to 80 characters (a job's value may be huge)."""
+    from whisperd.logs import hide_password
+
+    if isinstance(value, str):
+        value = hide_password(value)
+    elif isinstance(value, list):
+        value = [hide_password(v) if isinstance(v, str) else v for v in value]
     shown = repr(value)
     return shown if len(shown) <= 80 else shown[:77] + "..."
 

@@ -14,19 +14,79 @@ import sys
 from collections.abc import MutableMapping
 from typing import Any
 
-# "scheme://user:password@": the password runs to the last "@" of the word (it may hold "@" or "/").
-URL_CREDENTIALS = re.compile(r"(?P<head>[A-Za-z][\w+.-]*://[^:/\s@'\"]*):[^\s'\"]*@")
-# A bare "user:password@host" outside a URL.
-BARE_CREDENTIALS = re.compile(r"(?P<head>(?<![\w:])[\w.~%!$&*+,;=-]+):[^\s@/'\"]+@(?=[\w\[])")
+# Where a URL starts: a scheme (at most 32 characters, so that a long word costs linear time).
+URL_START = re.compile(r"[A-Za-z][\w+.-]{0,31}://")
+# What may stand between two URLs of one line (a list's repr, "a or b"): a URL starting right
+# after one of these ends the one before it; "a://" inside a password does not.
+URL_SEPARATORS = frozenset(" \t'\",;=()[]<>{}")
+MAX_USER = 256  # characters of a URL's user name looked at (bounded: linear in the line's length)
+# A bare "user:password@host" outside a URL (bounded repetitions: linear in the line's length).
+BARE_CREDENTIALS = re.compile(r"(?P<head>(?<![\w:])[\w.~%!$&*+,;=-]{1,256}):[^\s@/'\"]{1,1024}@(?=[\w\[])")
+
+
+def hide_password(value: str) -> str:
+    """One value that may be a URL, with what lies between ``user:`` and its last ``@`` hidden.
+
+    A password may hold any character, quotes, spaces and "@" included, so in a single value
+    everything up to the last "@" counts as the password: over-hiding beats printing it.
+    """
+    at = value.rfind("@")
+    if at < 0:
+        return value
+    scheme = value.find("://", 0, at)
+    colon = value.find(":", 0 if scheme < 0 else scheme + 3, at)
+    return value if colon < 0 else f"{value[:colon]}:***{value[at:]}"
+
+
+def _redact_urls(line: str) -> str:
+    """Each URL of one line with its password hidden. A URL with a password runs to the last "@"
+    before the next URL that follows a separator (so "a://" inside the password does not end it),
+    or to the line's end."""
+    starts = [m.start() for m in URL_START.finditer(line)]
+    ends = _next_separated(line, starts)
+    parts, done = [], 0
+    for i, start in enumerate(starts):
+        if start < done:
+            continue
+        colon = _password_colon(line, start)
+        if colon < 0:
+            continue
+        j = ends[i]
+        while j < len(starts) and starts[j] <= colon:
+            j = ends[j]
+        at = line.rfind("@", colon, starts[j] if j < len(starts) else len(line))
+        if at >= 0:
+            parts += [line[done:colon], ":***"]
+            done = at
+    return "".join([*parts, line[done:]])
+
+
+def _next_separated(line: str, starts: list[int]) -> list[int]:
+    """For each URL start, the index of the next one that follows a separator (len(starts): none)."""
+    ends = [len(starts)] * len(starts)
+    for i in range(len(starts) - 2, -1, -1):
+        ends[i] = i + 1 if line[starts[i + 1] - 1] in URL_SEPARATORS else ends[i + 1]
+    return ends
+
+
+def _password_colon(line: str, start: int) -> int:
+    """Where ``user:`` of the URL at ``start`` ends, or -1 (no user name there: none of ``/@``, a
+    space or a tab before the colon)."""
+    authority = line.index("://", start) + 3
+    colon = line.find(":", authority, authority + MAX_USER)
+    if colon < 0 or any(c in "/@ \t" for c in line[authority:colon]):
+        return -1
+    return colon
 
 
 def redact(text: str) -> str:
     """Hide passwords of URLs in ``text`` (``user:secret@host`` -> ``user:***@host``).
 
     Used on every log line and every config error: the journal is readable by more people
-    than the 0640 config file that holds the broker password.
+    than the 0640 config file that holds the broker password. A password may hold spaces,
+    quotes, "@" or "/": it runs to the last "@" before the next URL of the line.
     """
-    text = URL_CREDENTIALS.sub(r"\g<head>:***@", text)
+    text = "\n".join(_redact_urls(line) for line in text.split("\n"))
     return BARE_CREDENTIALS.sub(r"\g<head>:***@", text)
 
 
