@@ -7,12 +7,15 @@ hard-linked into it, proves nothing outside was read.
 
 from __future__ import annotations
 
+import base64
+import contextlib
 import ctypes
 import json
 import os
 import re
 import struct
 import subprocess
+import sys
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -110,6 +113,11 @@ def _bomb(codec: str, container: str, ext: str, seconds: int = 3600) -> Callable
     return make
 
 
+def _raw(env: Env, fields: str) -> bytes:
+    """A job body written by hand, for what json.dumps would not produce (a lone surrogate escape)."""
+    return f'{{"task_id": "{env.task}", {fields}}}'.encode()
+
+
 def _hard_link(env: Env) -> dict:
     os.link(env.outside / "linked.wav", env.media / f"{env.task}.wav")
     return env.job(f"{env.task}.wav")
@@ -175,6 +183,23 @@ KINDS = [
     Kind("numeric_language", lambda e: e.job("a.wav", language=7), "unsupported_language"),
     Kind("unknown_task", lambda e: e.job("a.wav", task="rm -rf /"), "unsupported_task"),
     Kind("string_word_timestamps", lambda e: e.job("a.wav", word_timestamps="yes"), "invalid_option"),
+    Kind("lone_surrogate_audio_path", lambda e: _raw(e, '"audio_path": "a\\ud800.wav"'), "invalid_audio_path"),
+    Kind("lone_low_surrogate_audio_path", lambda e: _raw(e, '"audio_path": "\\udfff"'), "invalid_audio_path"),
+    Kind(
+        "lone_surrogate_initial_prompt",
+        lambda e: _raw(e, '"audio_path": "a.wav", "initial_prompt": "hola \\ud800"'),
+        "invalid_option",
+    ),
+    Kind(
+        "unpaired_high_surrogate_ends_prompt",
+        lambda e: _raw(e, '"audio_path": "a.wav", "initial_prompt": "\\ud83d"'),
+        "invalid_option",
+    ),
+    Kind(
+        "lone_surrogate_in_envelope",
+        lambda e: f'{{"messageId": "m", "message": {{"taskId": "{e.task}", "audioPath": "\\ud800"}}}}'.encode(),
+        "invalid_audio_path",
+    ),
     Kind(
         "masstransit_bad_inner",
         lambda e: {"messageId": "m", "message": {"taskId": e.task, "audioPath": ["x"]}},
@@ -342,7 +367,21 @@ REPLY_TO = {
     "reply_to_refusing_queue": _reply_queue_refusing_publishes,
     "reply_to_bad_direct_reply": lambda c: "amq.rabbitmq.reply-to.g2dkAA9yYWJiaXRAbG9jYWxob3N0AAAA",
     "reply_to_missing_queue": lambda c: f"no-such-queue-{uuid.uuid4().hex}",
+    # RabbitMQ 3.10 decodes a direct reply-to name with a dot as a pid and closes the whole
+    # connection (541) when it is not one it knows: the completion must still go out once.
+    "reply_to_direct_with_dot": lambda c: "amq.rabbitmq.reply-to.garbage.garbage",
+    "reply_to_direct_two_dots": lambda c: "amq.rabbitmq.reply-to.a.b.c",
+    "reply_to_direct_not_base64": lambda c: "amq.rabbitmq.reply-to.!!!.x",
+    "reply_to_direct_not_a_pid": lambda c: "amq.rabbitmq.reply-to.g2gCYQFhAg==.abc",
+    "reply_to_direct_pid_of_unknown_node": lambda c: "amq.rabbitmq.reply-to." + _pid_of("rabbit@nowhere"),
 }
+
+
+def _pid_of(node: str) -> str:
+    """A direct reply-to name of the shape RabbitMQ gives out, for a pid on ``node``."""
+    name = node.encode()
+    term = b"\x83X" + b"v" + struct.pack(">H", len(name)) + name + os.urandom(12)
+    return base64.b64encode(term).decode() + "." + base64.b64encode(os.urandom(16)).decode()
 
 
 @pytest.mark.parametrize("name", list(REPLY_TO))
@@ -361,6 +400,90 @@ def test_hostile_reply_to_gets_one_completion_and_never_breaks_the_worker(env, n
     assert _got(client, client.dead_queue) is None
     assert daemon.workers() == [worker]
     assert "broker unreachable" not in daemon.log()
+
+
+def _nested_table(depth: int) -> dict:
+    h: Any = {"leaf": 1}
+    for _ in range(depth):
+        h = {"a": h}
+    return {"x-nested": h}
+
+
+def _nested_array(depth: int) -> dict:
+    h: Any = [1]
+    for _ in range(depth):
+        h = [h]
+    return {"x-nested": h}
+
+
+def _mixed(depth: int) -> dict:
+    h: Any = 1
+    for i in range(depth):
+        h = {"a": h} if i % 2 else [h]
+    return {"x-nested": h}
+
+
+HEADERS = {  # name -> (headers, answer): invalid_headers, or done for what a producer may really send
+    "table_nested_800": (_nested_table(800), "invalid_headers"),
+    "table_nested_40": (_nested_table(40), "invalid_headers"),
+    "table_nested_32": (_nested_table(32), "invalid_headers"),  # 33 levels with the top one
+    "array_nested_800": (_nested_array(800), "invalid_headers"),
+    "array_nested_40": (_nested_array(40), "invalid_headers"),
+    "mixed_nested_300": (_mixed(300), "invalid_headers"),
+    "flat_5000_values": ({f"k{i}": i for i in range(5000)}, "invalid_headers"),
+    "wide_and_deep": ({f"k{i}": _nested_table(20) for i in range(300)}, "invalid_headers"),
+    "table_nested_20": (_nested_table(20), "done"),
+    "x_death_shaped": (
+        {"x-death": [{"count": 3, "queue": "q", "reason": "rejected", "routing-keys": ["q"]}]},
+        "done",
+    ),  # fmt: skip
+}
+
+
+@contextlib.contextmanager
+def _deep_recursion() -> Any:
+    """pika encodes tables recursively too: the test's own publish needs the room."""
+    before = sys.getrecursionlimit()
+    sys.setrecursionlimit(20000)
+    try:
+        yield
+    finally:
+        sys.setrecursionlimit(before)
+
+
+@pytest.mark.parametrize("name", list(HEADERS))
+def test_headers_too_deep_or_too_many_are_parked_with_a_completion_and_no_reconnect(env, name):
+    """pika decoded them before any callback: RecursionError closed the connection, the broker
+    redelivered, the worker took it for an outage until the delivery limit dead-lettered it."""
+    client, daemon, outside, watch = env
+    headers, answer = HEADERS[name]
+    task = f"hd-{name.replace('_', '-')}"
+    [worker] = daemon.workers()
+    reconnects = daemon.log().count("broker connection restored")
+    daemon.stage(JFK.path, f"{task}.flac")
+    with _deep_recursion():
+        client.publish({"task_id": task, "audio_path": f"{task}.flac"}, headers=headers)
+    [c] = client.completions(1, 60)
+    assert c["task_id"] == task and (c["error"] or {}).get("code", c["status"]) == answer, c
+    if answer == "invalid_headers":
+        _, props, body = wait_for(lambda: _got(client, client.dead_queue), 30, "the parked job")
+        assert json.loads(body)["task_id"] == task
+        assert "invalid_headers" in props.headers["x-whisperd-reason"], props.headers
+    _good_job(client, daemon, f"{task}-next")
+    _settled(client)
+    assert daemon.workers() == [worker]
+    assert daemon.log().count("broker connection restored") == reconnects, "the worker reconnected"
+    assert "broker unreachable" not in daemon.log()
+
+
+def test_undecodable_headers_without_a_task_id_are_parked(env):
+    client, daemon, outside, watch = env
+    with _deep_recursion():
+        client.publish(b"not even json", headers=_nested_table(800))
+    _, props, body = wait_for(lambda: _got(client, client.dead_queue), 60, "the parked message")
+    assert body == b"not even json" and "invalid_headers" in props.headers["x-whisperd-reason"]
+    _good_job(client, daemon, "hd-no-task-next")
+    _settled(client)
 
 
 def test_hostile_headers_and_properties_are_ignored(env):
@@ -388,6 +511,12 @@ def test_a_reused_task_id_with_other_audio_is_refused_and_results_kept(env):
     [c] = client.completions(1, 60)
     assert c["status"] == "failed" and c["error"]["code"] == "task_id_conflict", c
     assert {p: Path(p).read_bytes() for p in first["results"].values()} == stored
+    same_size = bytearray(JFK.path.read_bytes())
+    same_size[len(same_size) // 2] ^= 0xFF  # same path, same size, other audio
+    (daemon.media / "reused.flac").write_bytes(bytes(same_size))
+    client.publish({"task_id": "reused", "audio_path": "reused.flac"})
+    [c] = client.completions(1, 60)
+    assert c["status"] == "failed" and c["error"]["code"] == "task_id_conflict", c
     (daemon.media / "reused.flac").write_bytes(JFK.path.read_bytes())
     client.publish({"task_id": "reused", "audio_path": "reused.flac"})  # the same job again: the stored answer
     [c] = client.completions(1, 60)

@@ -10,7 +10,9 @@ import pytest
 
 from whisperd import results
 from whisperd.contract import Completion, Job, JobError
-from whisperd.results import ResultStore
+from whisperd.results import AudioIdentity, ResultStore
+
+AUDIO = AudioIdentity(100, "a" * 64)
 
 RESULT = {
     "text": " Hola mundo.",
@@ -50,9 +52,9 @@ def test_lookup_only_answers_the_same_job_with_intact_files(tmp_path):
     job = Job("t1", "a.wav")
     paths = store.write("t1", RESULT, job.formats)
     done = Completion("t1", "done", "Hola mundo.", "es", 1.5, 0.1, paths, None, "w")
-    size = lambda: 100  # noqa: E731
+    size = lambda: AUDIO  # noqa: E731
     assert store.lookup(job, size) is None
-    store.commit(job, done, 100)
+    store.commit(job, done, AUDIO)
     assert store.lookup(job, size) == done
     assert store.lookup(job, lambda: None) == done  # the upload was removed after the result
     (tmp_path / "t1.txt").unlink()
@@ -61,18 +63,23 @@ def test_lookup_only_answers_the_same_job_with_intact_files(tmp_path):
 
 @pytest.mark.parametrize(
     "other, size",
-    [(Job("t1", "other.wav"), 100), (Job("t1", "a.wav", language="en"), 100), (Job("t1", "a.wav"), 101)],
-    ids=["audio_path", "options", "audio_size"],
+    [
+        (Job("t1", "other.wav"), AUDIO),
+        (Job("t1", "a.wav", language="en"), AUDIO),
+        (Job("t1", "a.wav"), AudioIdentity(101, AUDIO.sha256)),
+        (Job("t1", "a.wav"), AudioIdentity(100, "f" * 64)),  # same size, other content
+    ],
+    ids=["audio_path", "options", "audio_size", "audio_content"],
 )
 def test_a_reused_task_id_for_another_job_is_a_conflict(tmp_path, other, size):
     store = ResultStore(str(tmp_path))
     job = Job("t1", "a.wav")
     done = Completion("t1", "done", "Hola mundo.", "es", 1.5, 0.1, store.write("t1", RESULT, job.formats), None, "w")
-    store.commit(job, done, 100)
+    store.commit(job, done, AUDIO)
     with pytest.raises(JobError) as e:
         store.lookup(other, lambda: size)
     assert e.value.code == "task_id_conflict"
-    assert store.lookup(job, lambda: 100) == done
+    assert store.lookup(job, lambda: AUDIO) == done
 
 
 def test_attempts_are_counted_until_ended(tmp_path):

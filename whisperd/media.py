@@ -10,6 +10,7 @@ cannot make it open other files.
 from __future__ import annotations
 
 import errno
+import hashlib
 import os
 import re
 import stat
@@ -111,6 +112,15 @@ def open_media(media_root: str, audio_path: str, max_bytes: int, task_id: str | 
     except BaseException:
         media.close()
         raise
+
+
+def digest(media: MediaFile) -> str:
+    """SHA-256 of the opened file: what tells one upload from another of the same name and size."""
+    h, offset = hashlib.sha256(), 0
+    while chunk := os.pread(media.fd, CHUNK, offset):
+        h.update(chunk)
+        offset += len(chunk)
+    return h.hexdigest()
 
 
 # ffmpeg warnings that mean the file is damaged rather than merely unusual: a cut-off upload

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from whisperd import media
 from whisperd.config import Config
 from whisperd.contract import DONE, Completion, ErrorCode, Job, JobError, parse_job, peek_task_id
-from whisperd.results import ResultStore
+from whisperd.results import AudioIdentity, ResultStore
 from whisperd.transcriber import Transcriber
 
 
@@ -65,7 +65,7 @@ class Pipeline:
         except JobError as e:
             return self._failed(e, started)
         try:
-            stored = self.store.lookup(job, lambda: self._audio_size(job))
+            stored = self.store.lookup(job, lambda: self._audio_identity(job))
             if stored is not None:
                 self.log.info("task %s: already done, answering from the stored result", job.task_id)
                 self.store.end_attempts(job.task_id)  # a copy killed mid-way may have left a count
@@ -99,11 +99,11 @@ class Pipeline:
         max_bytes = int(self.cfg.limits.max_file_mb * 2**20)
         return media.open_media(self.cfg.storage.media_root, job.audio_path, max_bytes, job.task_id)
 
-    def _audio_size(self, job: Job) -> int | None:
-        """The size of the job's audio now, or None when it is gone (e.g. removed after its result)."""
+    def _audio_identity(self, job: Job) -> AudioIdentity | None:
+        """The size and hash of the job's audio now, or None when it is gone (removed after its result)."""
         try:
             with self._open(job) as f:
-                return f.size
+                return AudioIdentity(f.size, media.digest(f))
         except JobError as e:
             if e.code == ErrorCode.FILE_NOT_FOUND:
                 return None
@@ -118,8 +118,8 @@ class Pipeline:
     ) -> Completion:
         self.transcriber.check(job)
         with self._open(job) as f:
+            identity = AudioIdentity(f.size, media.digest(f))  # hashed once, before ffmpeg reads it
             audio = media.decode(f, self.cfg.limits.max_duration_s, job.task_id, self.threads)
-            audio_size = f.size
         duration = len(audio) / media.SAMPLE_RATE
         if on_started:
             on_started(job, duration)
@@ -132,7 +132,7 @@ class Pipeline:
             self.log.exception("task %s: transcription failed", job.task_id)
             raise JobError(ErrorCode.TRANSCRIPTION_FAILED, f"transcription failed: {e}", job.task_id) from e
         speech_s = result.pop("speech_s", None)  # the speech gate's figure: for the completion, not the files
-        stored = self.store.lookup(job, lambda: audio_size)
+        stored = self.store.lookup(job, lambda: identity)
         if stored is not None:
             # Another worker finished this job while this one ran it (the broker requeued it, e.g.
             # while this host was cut off): the result stored first stands, so every answer is the same.
@@ -151,7 +151,7 @@ class Pipeline:
             worker=self.worker_name,
             speech_s=speech_s,
         )
-        self.store.commit(job, completion, audio_size)
+        self.store.commit(job, completion, identity)
         self.log.info(
             "task %s: done, %.1f s of %s audio in %.2f s",
             job.task_id, duration, completion.language, completion.processing_s,

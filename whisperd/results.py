@@ -14,7 +14,7 @@ import re
 import socket
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from typing import IO, Any
 
 import psutil
@@ -22,6 +22,16 @@ import psutil
 from whisperd.contract import Completion, ErrorCode, Job, JobError
 
 MARKER_DIR = ".whisperd"
+
+
+@dataclass(frozen=True)
+class AudioIdentity:
+    """What a job's audio was: its size and SHA-256, stored with the result it produced."""
+
+    size: int
+    sha256: str
+
+
 HOST = socket.gethostname()
 
 
@@ -105,9 +115,14 @@ class ResultStore:
         fsync_dir(self.results_dir)  # once for all formats, before the marker can say "done"
         return paths
 
-    def commit(self, job: Job, completion: Completion, audio_size: int | None = None) -> None:
+    def commit(self, job: Job, completion: Completion, audio: AudioIdentity | None = None) -> None:
         """Record that ``job`` is done; after this a redelivery is answered from disk."""
-        record = {"job": asdict(job), "audio_size": audio_size, "completion": asdict(completion)}
+        record = {
+            "job": asdict(job),
+            "audio_size": audio.size if audio else None,
+            "audio_sha256": audio.sha256 if audio else None,
+            "completion": asdict(completion),
+        }
         with atomic_write(self._marker(job.task_id)) as f:
             json.dump(record, f, ensure_ascii=False)
 
@@ -136,12 +151,13 @@ class ResultStore:
         except FileNotFoundError:
             pass
 
-    def lookup(self, job: Job, audio_size: Callable[[], int | None]) -> Completion | None:
+    def lookup(self, job: Job, audio: Callable[[], AudioIdentity | None]) -> Completion | None:
         """The stored completion of this job, if it finished before and its files are intact.
 
-        A task id whose results stand for another job (other audio path, audio size or options)
+        A task id whose results stand for another job (other audio path, audio content or options)
         raises ``task_id_conflict``: one producer must not overwrite another's results by reusing
-        an id. ``audio_size`` is asked only then; None (the upload is gone) does not count against.
+        an id. ``audio`` is asked only then; None (the upload is gone) does not count against.
+        The content is told by its SHA-256 (a marker from before the hash: by its size).
         """
         try:
             with open(self._marker(job.task_id), encoding="utf-8") as f:
@@ -153,9 +169,14 @@ class ResultStore:
             return None  # results removed: the task id is free again
         if stored.get("job") != json.loads(json.dumps(asdict(job))):
             raise self._conflict(job, "with other options or another audio_path")
-        size, stored_size = audio_size(), stored.get("audio_size")
-        if size is not None and stored_size is not None and size != stored_size:
-            raise self._conflict(job, f"with another audio file ({size} bytes, the stored result is of {stored_size})")
+        now = audio()
+        stored_size, stored_hash = stored.get("audio_size"), stored.get("audio_sha256")
+        if now is not None and stored_size is not None and now.size != stored_size:
+            raise self._conflict(
+                job, f"with another audio file ({now.size} bytes, the stored result is of {stored_size})"
+            )
+        if now is not None and stored_hash is not None and now.sha256 != stored_hash:
+            raise self._conflict(job, "with another audio file of the same size (its SHA-256 differs)")
         return completion
 
     @staticmethod
