@@ -11,8 +11,10 @@ import subprocess
 import sys
 import termios
 
+import pika.exceptions
+import pytest
 from clips import JFK, SPANISH
-from conftest import REPO
+from conftest import REPO, wait_for
 
 CMD = [sys.executable, "-m", "whisperd", "submit"]
 
@@ -136,3 +138,61 @@ def test_a_bar_follows_the_workers_progress(tmp_path):
     assert bars.bars["t1"].n == 0.4 * PROGRESS_STEPS
     bars.finished("t1", Completion("t1", "done", processing_s=30.0))
     assert bars.bars["t1"].n == PROGRESS_STEPS
+
+
+HUGE = "1" + "0" * 400  # an integer float() refuses
+HOSTILE_NUMBERS = ["NaN", "Infinity", "-Infinity", "-0.5", "1.5", '"half"', "null", "true", HUGE, "1e400", "[]"]
+
+
+def hostile_events(task_id: str) -> list[bytes]:
+    """``processing`` events with each hostile value in each number a bar reads, then other shapes."""
+    events = [
+        f'{{"task_id": "{task_id}", "status": "processing", "{field}": {value}}}'.encode()
+        for field in ("progress", "audio_done_s", "duration_s")
+        for value in HOSTILE_NUMBERS
+    ]
+    events.append(
+        f'{{"task_id": "{task_id}", "status": "processing", "progress": NaN, "audio_done_s": -1, '
+        f'"duration_s": {HUGE}, "text": "\\u001b]0;owned\\u0007"}}'.encode()
+    )
+    events += [b"NaN", b"[]", b'{"status": "processing"}', b"\xff\xfe", b'{"task_id": 1, "status": "processing"}']
+    return events
+
+
+def queued_job(broker) -> tuple | None:
+    """The job on the job queue, once submit has declared the queue and published to it."""
+    try:
+        return broker.get(broker.job_queue, 1)
+    except pika.exceptions.ChannelClosedByBroker:  # 404: not declared yet
+        broker.ch = broker.conn.channel()
+        return None
+
+
+@pytest.mark.parametrize("bars", ["--progress", "--no-progress"])
+def test_wait_survives_hostile_events_and_completions_on_its_reply_queue(broker, daemon_factory, bars):
+    """Whoever can publish to the reply queue writes what ``--wait`` reads: NaN, infinities,
+    numbers out of range, strings, nulls and huge integers for progress, audio_done_s and
+    duration_s, then a done completion with hostile numbers and an escape sequence in its text."""
+    d = daemon_factory()  # configured, never started: the test answers the job itself
+    proc = subprocess.Popen(
+        [*CMD, "--config", str(d.config_path), str(JFK.path), "--wait", "--timeout", "120", bars],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO,
+    )  # fmt: skip
+    try:
+        props, job = wait_for(lambda: queued_job(broker), 60, "the job submit queued")
+        task_id = job["task_id"]
+        for body in hostile_events(task_id):
+            broker.publish(body, queue=props.reply_to, correlation_id=task_id)
+        done = (
+            f'{{"task_id": "{task_id}", "status": "done", "text": "hola\\u001b[2J", "language": "es", '
+            f'"duration_s": NaN, "processing_s": {HUGE}, "progress": Infinity}}'
+        )
+        broker.publish(done.encode(), queue=props.reply_to, correlation_id=task_id)
+        out, err = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    assert proc.returncode == 0, err
+    assert "Traceback" not in err
+    assert f"{JFK.path} [es, 0.0 s audio, 0.00 s]: hola?[2J" in out.splitlines()
+    assert "\x1b" not in out
+    assert err.count("ignoring a message on the reply queue") >= 5

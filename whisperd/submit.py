@@ -7,6 +7,7 @@ Each file is copied into media_root under a fresh task id, and a job is publishe
 
 from __future__ import annotations
 
+import math
 import os
 import shutil
 import sys
@@ -106,6 +107,26 @@ def submit(
 
 
 PROGRESS_STEPS = 1000  # a bar's resolution
+# C0 and C1 control characters and DEL: a forged completion must not drive the terminal.
+_CONTROLS = dict.fromkeys([*range(0x20), *range(0x7F, 0xA0)], "?")
+
+
+def number(value: object, high: float = math.inf) -> float | None:
+    """A completion's number if it is one between 0 and ``high``, else None. Anyone who can
+    publish to the reply queue writes completions, and JSON gives NaN, Infinity, -1, true or an
+    integer of 400 digits (which float() and round() refuse)."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    try:
+        x = float(value)
+    except OverflowError:
+        return None
+    return x if 0.0 <= x <= high else None  # NaN compares false
+
+
+def printable(value: object) -> str:
+    """A completion's text for the terminal, without control characters (escape sequences)."""
+    return str(value).translate(_CONTROLS)
 
 
 class Progress:
@@ -140,18 +161,19 @@ class Progress:
     def started(self, task_id: str, c: Completion) -> None:
         """A processing event: the job started, or got further (``progress``)."""
         bar = self.bars[task_id]
-        if c.progress is not None:  # events can arrive out of order: a bar never goes back
-            bar.update(max(0, min(PROGRESS_STEPS - 1, round(c.progress * PROGRESS_STEPS)) - bar.n))
-        audio = f" {c.duration_s:.1f} s audio" if c.duration_s is not None else ""
+        progress, duration = number(c.progress, 1.0), number(c.duration_s)
+        if progress is not None:  # events can arrive out of order: a bar never goes back
+            bar.update(max(0, min(PROGRESS_STEPS - 1, round(progress * PROGRESS_STEPS)) - bar.n))
+        audio = f" {duration:.1f} s audio" if duration is not None else ""
         done = f" {bar.n / PROGRESS_STEPS:.0%}" if bar.n else ""
         bar.set_description_str(self._desc(task_id, f"En curso:{audio}{done}"))
 
     def finished(self, task_id: str, c: Completion) -> None:
         bar = self.bars[task_id]
         if c.status == FAILED:
-            state = f"FAILED: {(c.error or {}).get('code')}"
+            state = f"FAILED: {printable((c.error or {}).get('code'))}"
         else:
-            state = f"done in {c.processing_s or 0:.1f} s"
+            state = f"done in {number(c.processing_s) or 0:.1f} s"
         bar.set_description_str(self._desc(task_id, state), refresh=False)
         bar.update(PROGRESS_STEPS - bar.n)
 
@@ -231,7 +253,8 @@ class Results:
 def _show(item: Submitted, c: Completion, results: Results, bars: Progress) -> None:
     if c.status == FAILED:
         err = c.error or {}
-        bars.write(f"{item.source}: FAILED {err.get('code')}: {err.get('message')}")
+        bars.write(f"{item.source}: FAILED {printable(err.get('code'))}: {printable(err.get('message'))}")
         return
-    bars.write(f"{item.source} [{c.language}, {c.duration_s or 0:.1f} s audio, {c.processing_s or 0:.2f} s]: {c.text}")
+    times = f"{number(c.duration_s) or 0:.1f} s audio, {number(c.processing_s) or 0:.2f} s"
+    bars.write(f"{item.source} [{printable(c.language)}, {times}]: {printable(c.text)}")
     results.copy(item, c, bars)
