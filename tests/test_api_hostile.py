@@ -9,10 +9,13 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
+import pika
 import pytest
 import requests
 from api_process import Api, RawHttp
@@ -45,13 +48,41 @@ class HostileApi(Api):
     """An API on the test's queues (no daemon behind it) and the directories to watch."""
 
     def __init__(self, root: Path, broker, daemon_factory, **api: object) -> None:
-        d = daemon_factory(root.name, limits={"max_file_mb": CAP_MB}, api={"state_dir": str(root / "state"), **api})
+        d = daemon_factory(root.name, on=broker, limits={"max_file_mb": CAP_MB},
+                           api={"state_dir": str(root / "state"), **api})  # fmt: skip
         self.broker = broker
         self.uploads = d.media / "uploads"
+        self.results = Path(d.config["storage"]["results_dir"])
+        self.results.mkdir(parents=True, exist_ok=True)
         self.state = root / "state"
         self.tmpdir = root / "tmp"  # where starlette would spool multipart parts
         self.tmpdir.mkdir()
         super().__init__(d.config_path, root / "api.log", env={"TMPDIR": str(self.tmpdir)})
+
+    def task(self) -> str:
+        """A task of this API (a tiny upload; no daemon: its job stays queued)."""
+        r = self.send(form(part("file", b"RIFF", "a.wav")))
+        assert r.status_code == 202, r.text
+        return r.json()["task_id"]
+
+    def complete(self, task_id: str, **fields: object) -> None:
+        """Publish a completion for ``task_id`` on the result queue, as a worker (or a forger) would."""
+        self.broker.publish({"task_id": task_id, "status": "done", **fields}, queue=self.broker.result_queue)
+
+    def state_of(self, task_id: str) -> str:
+        return self.get(task_id).json()["state"]
+
+    def parked(self) -> list[tuple[pika.BasicProperties, bytes]]:
+        """The messages the listener parked in ``<result queue>.dead``, taken off that queue."""
+        got = []
+        while True:
+            method, props, body = self.broker.ch.basic_get(f"{self.broker.result_queue}.dead", auto_ack=True)
+            if method is None:
+                return got
+            got.append((props, body))
+
+    def log_count(self, text: str) -> int:
+        return self.log_path.read_text(errors="replace").count(text)
 
     def send(self, body: bytes, content_type: str = MULTIPART, **headers: str) -> requests.Response:
         headers = {"Content-Type": content_type, **self.headers, **headers}
@@ -77,8 +108,8 @@ class HostileApi(Api):
         assert not list(self.state.iterdir()), "no task recorded"
 
 
-@pytest.fixture
-def make_api(broker, daemon_factory, tmp_path):
+def api_maker(broker, daemon_factory, tmp_path) -> Iterator:
+    """``make(**api keys)``: a started HostileApi on ``broker``; each stopped, its parked queue deleted, after."""
     made: list[HostileApi] = []
 
     def make(wait_healthy: bool = True, start: bool = True, **api: object) -> HostileApi:
@@ -90,6 +121,17 @@ def make_api(broker, daemon_factory, tmp_path):
     for a in made:
         if a.proc is not None and a.proc.poll() is None:
             a.stop()
+    try:
+        if not broker.conn.is_open:  # a test stopped its broker
+            broker.connect()
+        broker.ch.queue_delete(f"{broker.result_queue}.dead")
+    except pika.exceptions.AMQPError:
+        pass
+
+
+@pytest.fixture
+def make_api(broker, daemon_factory, tmp_path):
+    yield from api_maker(broker, daemon_factory, tmp_path)
 
 
 def refused(r: requests.Response, status: int, code: str) -> None:
@@ -354,18 +396,21 @@ def poison_messages() -> dict[str, bytes]:
 
 def test_the_completion_listener_survives_any_message_and_healthz_tells_the_truth(make_api, broker):
     api = make_api()
+    task_id = api.task()
     poison = poison_messages()
     for body in poison.values():
         broker.publish(body, queue=broker.result_queue)
-    # unknown fields are ignored; a task the API did not submit is still recorded
-    broker.publish({"task_id": "after-poison", "status": "done", "text": "hola", "language": "es",
-                    "new_field": {"from": "a newer whisperd"}}, queue=broker.result_queue)  # fmt: skip
-    done = api.wait_final("after-poison", timeout=60)
+    # unknown fields are ignored
+    api.complete(task_id, text="hola", language="es", new_field={"from": "a newer whisperd"})
+    done = api.wait_final(task_id, timeout=60)
     assert (done["status"], done["text"], done["language"]) == ("Completado", "hola", "es")
     assert api.get("p").status_code == 404, "no poison message was recorded"
     health = api.health()
     assert health == {"status": "ok", "completions": "reading", "rejected_messages": len(poison)}, health
     wait_for(lambda: broker.depth(broker.result_queue) == (0, 0), 30, "every message settled, none requeued")
+    parked = api.parked()
+    assert sorted(body for _, body in parked) == sorted(poison.values()), "each parked as it came"
+    assert all(p.headers["x-whisperd-reason"].startswith("not a completion") for p, _ in parked)
     assert "Traceback" not in api.log_path.read_text()
 
 
@@ -403,3 +448,122 @@ def test_task_urls_are_validated_and_errors_carry_a_code(make_api):
     refused(requests.get(f"{api.url}/transcriptions/{task_id}/result.txt", timeout=10), 404, "result_not_found")
     openapi = requests.get(f"{api.url}/openapi.json", timeout=10).json()
     assert "multipart/form-data" in openapi["paths"]["/transcriptions"]["post"]["requestBody"]["content"]
+
+
+class HealthSamples:
+    """/healthz every 0.2 s in a thread while the ``with`` block runs: the status codes (None: no answer)."""
+
+    def __init__(self, api: HostileApi) -> None:
+        self.api = api
+        self.codes: list[int | None] = []
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def __enter__(self) -> HealthSamples:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._done.set()
+        self._thread.join()
+
+    def _run(self) -> None:
+        while not self._done.wait(0.2):
+            try:
+                self.codes.append(requests.get(f"{self.api.url}/healthz", timeout=5).status_code)
+            except requests.RequestException:
+                self.codes.append(None)
+
+
+def nested_table(depth: int) -> dict:
+    """AMQP headers with tables nested ``depth`` deep."""
+    headers: dict = {"leaf": 1}
+    for _ in range(depth - 1):
+        headers = {"n": headers}
+    return headers
+
+
+def nested_array(depth: int) -> dict:
+    value: list = [1]
+    for _ in range(depth - 1):
+        value = [value]
+    return {"n": value}
+
+
+# Headers whisperd's AMQP guard cannot decode (deeper than 32 levels, more than 4096 values). The
+# broker refuses a table that is malformed outright (541, closing the publisher's connection), so
+# no such message reaches a consumer.
+BAD_HEADERS = {
+    "table-800-deep": nested_table(800),
+    "array-800-deep": nested_array(800),
+    "table-40-deep": nested_table(40),
+    "4097-values": {"v": list(range(4097))},
+}
+BAD_BODIES = {
+    "not-json": b"this is not json \xff",
+    "json-100000-deep": b'{"a":' * 100_000,
+    "body-20-mb": b'{"task_id": "x", "status": "done", "text": "' + b"a" * (20 << 20) + b'"}',
+}
+
+
+def publish_deep(api: HostileApi, headers: dict, body: dict, message_id: str) -> None:
+    """Publish with headers pika can only encode with a higher recursion limit (it encodes recursively)."""
+    limit = sys.getrecursionlimit()
+    sys.setrecursionlimit(20_000)
+    try:
+        api.broker.publish(body, queue=api.broker.result_queue, headers=headers, message_id=message_id)
+    finally:
+        sys.setrecursionlimit(limit)
+
+
+def test_no_message_makes_the_completion_listener_reconnect_or_stall(make_api, broker):
+    api = make_api()
+    kinds = [*BAD_HEADERS, *BAD_BODIES, "unreadable-record"]
+    tasks = {kind: (api.task(), api.task()) for kind in kinds}  # (the bad message's task, the one behind it)
+    unreadable = tasks["unreadable-record"][0]
+    (api.state / f"{unreadable}.json").write_text("{not json")  # its handling raises (ValueError)
+    with HealthSamples(api) as health:
+        started = time.monotonic()
+        for kind, (bad, good) in tasks.items():
+            completion = {"task_id": bad, "status": "done", "text": "must not be recorded"}
+            if kind in BAD_HEADERS:  # a valid completion, but headers nobody can read
+                publish_deep(api, BAD_HEADERS[kind], completion, kind)
+            elif kind in BAD_BODIES:
+                broker.publish(BAD_BODIES[kind], queue=broker.result_queue, message_id=kind)
+            else:
+                broker.publish(completion, queue=broker.result_queue, message_id=kind)
+            api.complete(good, text=f"behind {kind}")
+        for kind, (_, good) in tasks.items():
+            assert api.wait_final(good, timeout=60)["text"] == f"behind {kind}"
+        took = time.monotonic() - started
+    print(f"{len(kinds)} bad messages and the completions behind them settled in {took:.1f} s")
+    assert took < 30, f"the completions behind the bad messages took {took:.0f} s"
+    for kind in BAD_HEADERS:
+        assert api.state_of(tasks[kind][0]) == "queued", f"{kind}: a message with unreadable headers is not recorded"
+    reasons = {p.message_id: p.headers["x-whisperd-reason"] for p, _ in api.parked()}
+    assert sorted(reasons) == sorted(kinds), reasons
+    for kind in BAD_HEADERS:
+        assert reasons[kind].startswith("its AMQP headers cannot be decoded"), reasons[kind]
+    for kind in BAD_BODIES:
+        assert reasons[kind].startswith("not a completion"), reasons[kind]
+    assert reasons["unreadable-record"].startswith("handling it failed"), reasons["unreadable-record"]
+    assert health.codes and set(health.codes) == {200}, health.codes
+    assert api.health()["rejected_messages"] == len(kinds)
+    assert api.log_count("reading completions from") == 1 and api.log_count("reconnecting") == 0, "no reconnect"
+    wait_for(lambda: broker.depth(broker.result_queue) == (0, 0), 30, "every message settled")
+
+
+def test_a_completion_that_cannot_be_stored_is_parked_after_the_delivery_limit(make_api, broker):
+    api = make_api()
+    stuck, good = api.task(), api.task()
+    (api.state / f"{stuck}.json").unlink()
+    (api.state / f"{stuck}.json").mkdir()  # the store fails for this task only (EISDIR)
+    broker.publish({"task_id": stuck, "status": "done"}, queue=broker.result_queue, message_id="stuck")
+    api.complete(good, text="behind it")
+    assert api.wait_final(good, timeout=20)["text"] == "behind it", "not held back by the one that fails"
+    parked = wait_for(api.parked, 90, "the failing completion parked", interval=1)
+    assert [p.message_id for p, _ in parked] == ["stuck"]
+    assert parked[0][0].headers["x-whisperd-reason"].startswith("delivered 6 times"), parked[0][0].headers
+    assert wait_for(api.health, 30, "healthy again")["completions"] == "reading"
+    assert api.log_count("reading completions from") == 1, "returned to the queue, not reconnected"
+    wait_for(lambda: broker.depth(broker.result_queue) == (0, 0), 30, "every message settled")
