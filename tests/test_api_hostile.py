@@ -47,7 +47,8 @@ AUDIO = part("file", JFK.path.read_bytes(), "jfk.flac")
 class HostileApi(Api):
     """An API on the test's queues (no daemon behind it) and the directories to watch."""
 
-    def __init__(self, root: Path, broker, daemon_factory, **api: object) -> None:
+    def __init__(self, root: Path, broker, daemon_factory, nofile: int | None = None,
+                 constants: dict[str, object] | None = None, **api: object) -> None:  # fmt: skip
         d = daemon_factory(root.name, on=broker, limits={"max_file_mb": CAP_MB},
                            api={"state_dir": str(root / "state"), **api})  # fmt: skip
         self.broker = broker
@@ -57,7 +58,8 @@ class HostileApi(Api):
         self.state = root / "state"
         self.tmpdir = root / "tmp"  # where starlette would spool multipart parts
         self.tmpdir.mkdir()
-        super().__init__(d.config_path, root / "api.log", env={"TMPDIR": str(self.tmpdir)})
+        super().__init__(d.config_path, root / "api.log", env={"TMPDIR": str(self.tmpdir)}, nofile=nofile,
+                         constants=constants)  # fmt: skip
 
     def task(self) -> str:
         """A task of this API (a tiny upload; no daemon: its job stays queued)."""

@@ -26,12 +26,15 @@ import logging
 import math
 import os
 import re
+import resource
 import socket
 import threading
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
+from collections import Counter
+from collections.abc import AsyncIterator, Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import asynccontextmanager, contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any, BinaryIO
@@ -47,6 +50,7 @@ from python_multipart.exceptions import FormParserError
 from python_multipart.multipart import MultipartParser, parse_options_header
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from whisperd import amqp_guard, broker
 from whisperd.config import ApiConfig, Config, ConfigError
@@ -86,6 +90,31 @@ PREFETCH = 2
 ORPHAN_AGE_S = 3600.0
 UPLOAD_RE = re.compile(r"(?P<task_id>[0-9a-f]{32})(\.[A-Za-z0-9]{1,8})?")
 PARTIAL_RE = re.compile(r"\.(?P<task_id>[0-9a-f]{32})\.upload")
+
+# Uploads: api.upload_idle_timeout_s bounds each read; these bound the whole upload, so a client
+# trickling a byte every few seconds cannot hold a slot (candidates for config keys).
+UPLOAD_DEADLINE_S = 3600.0  # no upload takes longer (2 GiB needs 600 kB/s)
+UPLOAD_GRACE_S = 30.0  # then at least UPLOAD_MIN_RATE bytes per second on average, from the start
+UPLOAD_MIN_RATE = 16 * 1024
+UPLOADS_PER_CLIENT = 0  # concurrent uploads per client address; 0 = half of api.max_concurrent_uploads
+# Jobs wait for the one publisher thread; more than this many waiting get 503 at once.
+MAX_PENDING_PUBLISHES = 16
+
+# Connections: uvicorn accepts without limit and waits forever for a request head.
+HEAD_TIMEOUT_S = 10.0  # a connection sends a complete request head this soon after it opens or goes idle
+FD_RESERVE = 128  # descriptors kept for the broker, the store, uploads and logs
+# asyncio accepts up to ``backlog`` connections in one go before the guard sees any of them, and
+# the ones the guard pushes out close a loop iteration later: under a flood about two batches are
+# open on top of the limit (measured: 384 + 253 fds with a backlog of 128), so three are kept free.
+BACKLOG = 128
+IN_FLIGHT_BATCHES = 3
+FDS_PER_CONNECTION = 2  # its socket, and a result file it may be reading
+MIN_CONNECTIONS, MAX_CONNECTIONS = 16, 1024
+WANTED_FDS = 65536  # the soft RLIMIT_NOFILE is raised towards the hard one, up to this
+SWEEP_S = 1.0
+
+# Log lines of one kind (logger and message) let through per interval; the rest are counted.
+LOG_BURST, LOG_INTERVAL_S = 20, 10.0
 
 
 def now_iso() -> str:
@@ -177,28 +206,59 @@ class TaskStore:
             return record
 
 
+class PublishTimeout(pika.exceptions.AMQPError):
+    """A job waited for the publisher thread past its deadline (the broker is down or slow)."""
+
+
 class Publisher:
-    """Publishes jobs with confirms over one connection shared by the request threads.
+    """Publishes jobs with confirms over one connection, from a thread of its own.
 
     When the broker node it is connected to is lost, a publish goes to another node of
-    ``broker.urls`` (the request waits, up to PUBLISH_RETRY_S, instead of failing).
+    ``broker.urls`` (the upload waits, up to PUBLISH_RETRY_S from its request, instead of failing).
+    The thread is not the request threads' pool: during an outage, uploads waiting to publish
+    once took all 40 of those and every GET waited behind them (0.01 s became 45 s). At most
+    MAX_PENDING_PUBLISHES wait; the next upload gets 503 at once.
     """
 
     def __init__(self, cfg: Config) -> None:
         self.cfg = cfg
-        self._lock = threading.Lock()
+        self.pending = 0  # jobs submitted to the thread and not finished (the event loop's thread only)
+        self._executor = ThreadPoolExecutor(1, thread_name_prefix="publisher")
         # No heartbeat: idle between uploads; a dead connection shows at the next publish.
         self._publisher = broker.ConfirmedPublisher(
             cfg.broker, "whisperd api (publisher)", heartbeat=0, retry_for_s=PUBLISH_RETRY_S
         )
 
-    def publish(self, body: bytes, task_id: str) -> None:
-        """Return once a broker node confirmed the job."""
+    @property
+    def full(self) -> bool:
+        """As many jobs wait as may: the broker is down or slow."""
+        return self.pending >= MAX_PENDING_PUBLISHES
+
+    async def publish(self, body: bytes, task_id: str) -> None:
+        """Return once a broker node confirmed the job; PublishTimeout or pika's error otherwise."""
+        if self.full:
+            raise PublishTimeout(f"{self.pending} jobs are waiting to be published")
+        deadline = time.monotonic() + PUBLISH_RETRY_S
+        self.pending += 1
+        future = self._executor.submit(self._publish, body, task_id, deadline)
+        loop = asyncio.get_running_loop()
+        future.add_done_callback(lambda _: loop.call_soon_threadsafe(self._finished))
+        await asyncio.wrap_future(future)
+
+    def _finished(self) -> None:
+        self.pending -= 1
+
+    def _publish(self, body: bytes, task_id: str, deadline: float) -> None:
+        """The publisher thread: publish unless the request's deadline passed while it waited."""
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise PublishTimeout(f"waited {PUBLISH_RETRY_S:g} s for the publisher")
+        self._publisher.retry_for_s = left
         props = broker.properties(correlation_id=task_id, message_id=task_id)
-        with self._lock:
-            self._publisher.publish(self.cfg.broker.job_queue, body, props)
+        self._publisher.publish(self.cfg.broker.job_queue, body, props)
 
     def close(self) -> None:
+        self._executor.shutdown(wait=True, cancel_futures=True)
         self._publisher.close()
 
 
@@ -655,6 +715,11 @@ class UploadForm:
         self.ended = True
 
 
+def queue_unavailable() -> ApiError:
+    return ApiError(503, "queue_unavailable", "the job queue is unreachable; try again later",
+                    headers={"Retry-After": "10"})  # fmt: skip
+
+
 def file_too_large(max_file_bytes: int) -> ApiError:
     return ApiError(413, "file_too_large", f"the file is larger than limits.max_file_mb = {max_file_bytes / 2**20:g}")
 
@@ -670,6 +735,66 @@ def job_options(fields: dict[str, str]) -> tuple[str | None, list[str] | None, b
     if words not in TRUE + FALSE:
         raise ApiError(422, "invalid_option", "word_timestamps must be true or false")
     return language, wanted, words in TRUE
+
+
+class UploadSlots:
+    """Uploads in progress, in all and per client address (the event loop's thread only).
+
+    The per-client share keeps one client from holding every slot; behind a reverse proxy every
+    upload comes from the proxy's address, so it is then one more bound on the total.
+    """
+
+    def __init__(self, total: int, per_client: int) -> None:
+        self.total = total
+        self.per_client = per_client
+        self.count = 0
+        self.by_client: Counter[str] = Counter()
+
+    @contextmanager
+    def take(self, client: str) -> Iterator[None]:
+        if self.count >= self.total:
+            raise ApiError(503, "too_many_uploads", f"{self.count} uploads are in progress; try again shortly",
+                           headers={"Retry-After": "5"})  # fmt: skip
+        if self.by_client[client] >= self.per_client:
+            raise ApiError(503, "too_many_uploads", f"{self.by_client[client]} uploads from your address are in "
+                           "progress; try again once one has finished", headers={"Retry-After": "5"})  # fmt: skip
+        self.count += 1
+        self.by_client[client] += 1
+        try:
+            yield
+        finally:
+            self.count -= 1
+            self.by_client[client] -= 1
+            if not self.by_client[client]:
+                del self.by_client[client]
+
+
+class UploadClock:
+    """How long an upload may wait for its next bytes.
+
+    ``api.upload_idle_timeout_s`` bounds one read; a client sending a byte every 25 s passed that
+    and held a slot for as long as it liked (four of them held all four). So an upload must also
+    average UPLOAD_MIN_RATE bytes/s from UPLOAD_GRACE_S on, and end within UPLOAD_DEADLINE_S.
+    """
+
+    def __init__(self, idle_s: float) -> None:
+        self.idle_s = idle_s
+        self.start = time.monotonic()
+
+    def wait_s(self, received: int) -> float:
+        """Seconds the next read may take with ``received`` bytes in; <= 0: too slow already."""
+        elapsed = time.monotonic() - self.start
+        return min(self.idle_s, UPLOAD_DEADLINE_S - elapsed, UPLOAD_GRACE_S + received / UPLOAD_MIN_RATE - elapsed)
+
+    def too_slow(self, received: int) -> ApiError:
+        elapsed = time.monotonic() - self.start
+        if elapsed >= UPLOAD_DEADLINE_S:
+            why = f"the upload took over {UPLOAD_DEADLINE_S:g} s"
+        elif elapsed >= UPLOAD_GRACE_S + received / UPLOAD_MIN_RATE:
+            why = f"{received} bytes in {elapsed:.0f} s: uploads must average {UPLOAD_MIN_RATE // 1024} KiB/s"
+        else:
+            why = f"no data for {self.idle_s:g} s"
+        return ApiError(408, "upload_timeout", why)
 
 
 UPLOAD_OPENAPI = {
@@ -705,7 +830,8 @@ def create_app(cfg: Config, token: str = "") -> FastAPI:
     max_file_bytes = int(cfg.limits.max_file_mb * 2**20)
     max_body_bytes = max_file_bytes + FORM_OVERHEAD
     allowed_origins = frozenset(o.lower() for o in cfg.api.allowed_origins)
-    receiving = 0  # uploads in progress (the event loop's thread only)
+    per_client = UPLOADS_PER_CLIENT or max(1, cfg.api.max_concurrent_uploads // 2)
+    slots = UploadSlots(cfg.api.max_concurrent_uploads, per_client)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -763,11 +889,14 @@ def create_app(cfg: Config, token: str = "") -> FastAPI:
             raise ApiError(400, "malformed_body", "the Content-Type has no multipart boundary")
         received = 0
         more = True
+        clock = UploadClock(cfg.api.upload_idle_timeout_s)
         while more:
+            if (wait_s := clock.wait_s(received)) <= 0:
+                raise clock.too_slow(received)
             try:
-                message = await asyncio.wait_for(request.receive(), cfg.api.upload_idle_timeout_s)
+                message = await asyncio.wait_for(request.receive(), wait_s)
             except TimeoutError:
-                raise ApiError(408, "upload_timeout", f"no data for {cfg.api.upload_idle_timeout_s:g} s") from None
+                raise clock.too_slow(received) from None
             if message["type"] != "http.request":
                 raise ApiError(400, "incomplete_body", "the client went away during the upload")
             chunk = message.get("body", b"")
@@ -789,17 +918,31 @@ def create_app(cfg: Config, token: str = "") -> FastAPI:
 
     @app.post("/transcriptions", status_code=202, dependencies=[Depends(authorize)], openapi_extra=UPLOAD_OPENAPI)
     async def create(request: Request) -> JSONResponse:
-        nonlocal receiving
         check_origin(request, allowed_origins)
         length = request.headers.get("content-length")
         if length is not None and (not length.isdigit() or int(length) > max_body_bytes):
             raise file_too_large(max_file_bytes) if length.isdigit() else ApiError(400, "malformed_body", "bad length")
-        if receiving >= cfg.api.max_concurrent_uploads:
-            raise ApiError(503, "too_many_uploads", f"{receiving} uploads are in progress; try again shortly",
-                           headers={"Retry-After": "5"})  # fmt: skip
+        if publisher.full:  # refused before the client sends the file, which could not be queued now
+            raise queue_unavailable()
+        with slots.take(request.client.host if request.client else ""):
+            form, relative, task_id = await receive_file(request)
+        await run_in_threadpool(fsync_dir, uploads.dir)
+        await run_in_threadpool(store.create, task_id, form.filename, relative)
+        body = job_body(task_id, relative, *job_options(form.fields))
+        try:
+            await publisher.publish(body, task_id)
+        except (pika.exceptions.AMQPError, OSError) as e:
+            store.delete(task_id)
+            os.unlink(os.path.join(cfg.storage.media_root, relative))
+            log.error("cannot queue task %s: %s", task_id, e)
+            raise queue_unavailable() from None
+        return JSONResponse({"task_id": task_id, "status": LABELS[QUEUED]}, status_code=202,
+                            headers={"Location": f"/transcriptions/{task_id}"})  # fmt: skip
+
+    async def receive_file(request: Request) -> tuple[UploadForm, str, str]:
+        """The upload, checked and renamed into place: (form, audio_path under media_root, task id)."""
         task_id = uuid.uuid4().hex
         partial = uploads.partial_path(task_id)
-        receiving += 1
         try:
             with open(partial, "wb") as out:
                 form = await receive_upload(request, out)
@@ -808,7 +951,7 @@ def create_app(cfg: Config, token: str = "") -> FastAPI:
                 raise ApiError(422, "missing_file", "the form has no file part (field 'file')")
             if form.file_bytes == 0:
                 raise ApiError(422, "empty_file", "the file is empty")
-            language, wanted, word_timestamps = job_options(form.fields)
+            job_options(form.fields)  # refused before the file is kept
             suffix = Path(form.filename or "").suffix.lower()
             relative = os.path.join(cfg.api.upload_subdir, task_id + (suffix if SUFFIX_RE.fullmatch(suffix) else ""))
             os.chmod(partial, 0o640)
@@ -819,20 +962,7 @@ def create_app(cfg: Config, token: str = "") -> FastAPI:
             except FileNotFoundError:
                 pass
             raise
-        finally:
-            receiving -= 1
-        await run_in_threadpool(fsync_dir, uploads.dir)
-        await run_in_threadpool(store.create, task_id, form.filename, relative)
-        body = job_body(task_id, relative, language, wanted, word_timestamps)
-        try:
-            await run_in_threadpool(publisher.publish, body, task_id)
-        except (pika.exceptions.AMQPError, OSError) as e:
-            store.delete(task_id)
-            os.unlink(os.path.join(cfg.storage.media_root, relative))
-            log.error("cannot queue task %s: %s", task_id, e)
-            raise ApiError(503, "queue_unavailable", "the job queue is unreachable; try again later") from None
-        return JSONResponse({"task_id": task_id, "status": LABELS[QUEUED]}, status_code=202,
-                            headers={"Location": f"/transcriptions/{task_id}"})  # fmt: skip
+        return form, relative, task_id
 
     def record_of(task_id: str) -> dict[str, Any]:
         if not TASK_ID_RE.fullmatch(task_id):
@@ -857,11 +987,159 @@ def create_app(cfg: Config, token: str = "") -> FastAPI:
         return FileResponse(path, media_type=f"{media}; charset=utf-8", filename=f"{task_id}.{fmt}")
 
     @app.get("/healthz")
-    def health() -> JSONResponse:
+    async def health() -> JSONResponse:
         """200 only while the completion listener runs and is connected: GET answers are current."""
         return JSONResponse(listener.health(), status_code=200 if listener.healthy else 503)
 
     return app
+
+
+class LogThrottle(logging.Filter):
+    """At most LOG_BURST records of one kind (logger and message) per LOG_INTERVAL_S; the next one
+    after that says how many were left out. A flood of hostile requests or messages must not
+    flood the journal (accept() failing on EMFILE once wrote 124 000 tracebacks in 17 s).
+    """
+
+    def __init__(self, burst: int = LOG_BURST, interval_s: float = LOG_INTERVAL_S) -> None:
+        super().__init__()
+        self.burst = burst
+        self.interval_s = interval_s
+        self._windows: dict[tuple[str, str], list[float]] = {}  # kind -> [start, records]
+        self._lock = threading.Lock()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        kind, now = (record.name, str(record.msg)), time.monotonic()
+        with self._lock:
+            window = self._windows.get(kind)
+            if window is not None and now - window[0] < self.interval_s:
+                window[1] += 1
+                return window[1] <= self.burst
+            left_out = int(window[1]) - self.burst if window is not None else 0
+            if len(self._windows) > 10_000:  # many kinds: forget the old windows
+                self._windows.clear()
+            self._windows[kind] = [now, 1]
+        if left_out > 0:
+            record.msg = f"{record.msg} [{left_out} more like this were not logged]"
+        return True
+
+
+def install_log_throttle() -> None:
+    throttle = LogThrottle()
+    for name in ("uvicorn.error", "asyncio", log.name):
+        logging.getLogger(name).addFilter(throttle)
+
+
+def connection_limit() -> int:
+    """How many connections fit in this process's descriptors, with FD_RESERVE left over.
+
+    The soft RLIMIT_NOFILE is raised to the hard one first (systemd's default soft limit is 1024).
+    """
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    wanted = WANTED_FDS if hard == resource.RLIM_INFINITY else min(hard, WANTED_FDS)
+    if soft != resource.RLIM_INFINITY and soft < wanted:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
+            soft = wanted
+        except (OSError, ValueError):
+            pass
+    if soft == resource.RLIM_INFINITY:
+        soft = WANTED_FDS
+    free = soft - FD_RESERVE - IN_FLIGHT_BATCHES * BACKLOG
+    return max(MIN_CONNECTIONS, min(MAX_CONNECTIONS, free // FDS_PER_CONNECTION))
+
+
+class ConnectionGuard:
+    """The server's open connections, bounded below its descriptor limit.
+
+    uvicorn accepts every connection and waits for its request head forever: 1100 connections
+    that sent nothing used up a 1024-descriptor API (accept() then failed in a loop, /healthz
+    timed out). Here a connection that has no request in progress is closed once it has sent no
+    complete request head for HEAD_TIMEOUT_S, and at ``limit`` a new connection pushes out an idle
+    one of the client address that holds the most, so one client's flood cannot lock out others.
+    A connection with a request in progress is left to the request's own bounds.
+    """
+
+    def __init__(self, limit: int, head_timeout_s: float) -> None:
+        self.limit = limit
+        self.head_timeout_s = head_timeout_s
+        self.idle_since: dict[GuardedH11Protocol, float | None] = {}  # None: a request in progress
+        self.by_client: Counter[str] = Counter()
+        self._sweeping = False
+
+    def opened(self, conn: GuardedH11Protocol) -> None:
+        if len(self.idle_since) >= self.limit:
+            victim = self._victim()
+            if victim is None:  # every connection has a request in progress: this one waits for none
+                log.warning("%d connections, all busy: refusing one from %s", len(self.idle_since), conn.host)
+                conn.transport.abort()
+                return
+            log.warning("%d connections open (the limit): closing an idle one from %s", self.limit, victim.host)
+            self.drop(victim)
+            victim.transport.abort()
+        self.idle_since[conn] = time.monotonic()
+        self.by_client[conn.host] += 1
+        if not self._sweeping:
+            self._sweeping = True
+            asyncio.get_running_loop().call_later(SWEEP_S, self._sweep)
+
+    def drop(self, conn: GuardedH11Protocol) -> None:
+        if conn in self.idle_since:
+            del self.idle_since[conn]
+            self.by_client[conn.host] -= 1
+            if not self.by_client[conn.host]:
+                del self.by_client[conn.host]
+
+    def busy(self, conn: GuardedH11Protocol, busy: bool) -> None:
+        if conn in self.idle_since and (self.idle_since[conn] is None) != busy:
+            self.idle_since[conn] = None if busy else time.monotonic()
+
+    def _victim(self) -> GuardedH11Protocol | None:
+        idle = [(self.by_client[c.host], -since, c) for c, since in self.idle_since.items() if since is not None]
+        return max(idle, key=lambda t: t[:2])[2] if idle else None
+
+    def _sweep(self) -> None:
+        """Close the connections idle past the head timeout (abort those still closing after twice that)."""
+        now = time.monotonic()
+        for conn, since in list(self.idle_since.items()):
+            if since is None or now - since < self.head_timeout_s:
+                continue
+            if conn.transport.is_closing():
+                if now - since >= 2 * self.head_timeout_s:  # a client that does not read what is left
+                    self.drop(conn)
+                    conn.transport.abort()
+            else:
+                conn.transport.close()
+        asyncio.get_running_loop().call_later(SWEEP_S, self._sweep)
+
+
+class GuardedH11Protocol(H11Protocol):
+    """uvicorn's h11 protocol, telling its ConnectionGuard when a connection opens, works and ends."""
+
+    guard: ConnectionGuard
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        self.host = self.client[0] if self.client else ""
+        self.guard.opened(self)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.guard.drop(self)
+        super().connection_lost(exc)
+
+    def data_received(self, data: bytes) -> None:
+        super().data_received(data)
+        self.guard.busy(self, self._in_request())
+
+    def on_response_complete(self) -> None:
+        super().on_response_complete()
+        self.guard.busy(self, self._in_request())
+
+    def _in_request(self) -> bool:
+        return self.cycle is not None and not self.cycle.response_complete
+
+
+def guarded_protocol(guard: ConnectionGuard) -> type[GuardedH11Protocol]:
+    return type("GuardedH11Protocol", (GuardedH11Protocol,), {"guard": guard})
 
 
 def serve(cfg: Config, listen: str | None = None) -> int:
@@ -880,5 +1158,11 @@ def serve(cfg: Config, listen: str | None = None) -> int:
         return 2
     if not token and host not in ("127.0.0.1", "::1", "localhost"):
         log.warning("the API listens on %s without api.token: anyone who can reach it can submit jobs", host)
-    uvicorn.run(create_app(cfg, token), host=host, port=port, log_level=cfg.logging.level.lower(), access_log=False)
+    guard = ConnectionGuard(connection_limit(), HEAD_TIMEOUT_S)
+    log.info("at most %d connections (RLIMIT_NOFILE %d)", guard.limit, resource.getrlimit(resource.RLIMIT_NOFILE)[0])
+    config = uvicorn.Config(create_app(cfg, token), host=host, port=port, access_log=False,
+                            log_level=cfg.logging.level.lower(), http=guarded_protocol(guard),
+                            backlog=BACKLOG)  # fmt: skip
+    install_log_throttle()  # after uvicorn.Config, which configures its loggers
+    uvicorn.Server(config).run()
     return 0
