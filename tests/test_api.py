@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 import signal
 import time
+import uuid
 
 import pytest
 import requests
@@ -54,30 +55,53 @@ def test_upload_status_results_and_a_restart(broker, setup, tmp_path):
     # api.upload_retention_s = 0: an upload goes as soon as its result (done or failed) is recorded
     wait_for(lambda: not os.listdir(d.media / "uploads"), 10, "both uploads removed")
 
-    # Stop the API; a completion that arrives meanwhile waits in the result queue.
+    # Stop the API; completions that arrive meanwhile wait in the result queue.
     assert api.stop() in (0, -signal.SIGTERM)  # uvicorn re-raises SIGTERM after a clean shutdown
     assert "Application shutdown complete" in api.log_path.read_text()
+    # A task the API queued just before it stopped (its record and upload in place), and another
+    # producer's job, published straight to the job queue.
+    late_id = uuid.uuid4().hex
+    late_audio = d.stage(SPANISH.path, f"uploads/{late_id}.wav")
+    TaskStore(str(tmp_path / "api-state")).create(late_id, "tarde.wav", late_audio)
+    broker.publish({"task_id": late_id, "audio_path": late_audio})
     d.stage(SPANISH.path, "other-producer.wav")
-    broker.publish({"task_id": "while-api-down", "audio_path": "other-producer.wav"})
-    wait_for(lambda: (d.results / "while-api-down.txt").exists(), 60, "the job done while the API is down")
+    broker.publish({"task_id": "other-producer", "audio_path": "other-producer.wav"})
+    done_while_down = [d.results / f"{t}.txt" for t in (late_id, "other-producer")]
+    wait_for(lambda: all(p.exists() for p in done_while_down), 60, "the jobs done while the API is down")
     wait_for(
-        lambda: broker.ch.queue_declare(broker.result_queue, passive=True).method.message_count == 2,
+        lambda: broker.ch.queue_declare(broker.result_queue, passive=True).method.message_count == 4,
         30,
-        "processing + done waiting in the result queue",
+        "processing + done of both waiting in the result queue",
     )
 
     api.start()
     again = api.get(task_id).json()
     assert again["text"] == JFK.reference and again["status"] == "Completado", "answered from disk after a restart"
-    late = api.wait_final("while-api-down")
-    assert (late["status"], late["text"]) == ("Completado", SPANISH.reference)
-    assert late["filename"] is None, "known only from its completion: queued by another producer"
+    late = api.wait_final(late_id)
+    assert (late["status"], late["text"], late["filename"]) == ("Completado", SPANISH.reference, "tarde.wav")
+    wait_for(lambda: not (d.media / late_audio).exists(), 10, "its upload removed")
+    assert api.get("other-producer").status_code == 404, "another producer's task is not the API's to record"
     assert (d.media / "other-producer.wav").exists(), "another producer's audio is not the API's to remove"
     wait_for(
         lambda: broker.ch.queue_declare(broker.result_queue, passive=True).method.message_count == 0,
         10,
         "the completions acked",
     )
+
+
+def test_a_direct_job_reusing_a_finished_tasks_id_changes_nothing(broker, setup):
+    d, api = setup
+    api.start()
+    task_id = api.post(JFK.path, formats="txt").json()["task_id"]
+    assert api.wait_final(task_id)["text"] == JFK.reference
+    # Published straight to the job queue with the API task's id: the worker answers task_id_conflict.
+    broker.publish({"task_id": task_id, "audio_path": d.stage(SPANISH.path, "intruder.wav"), "formats": ["txt"]})
+    ignored = f"ignoring a failed completion (task_id_conflict) of task {task_id}: it is done already"
+    wait_for(lambda: ignored in api.log_path.read_text(), 60, "the conflict's completion ignored")
+    shown = api.get(task_id).json()
+    assert (shown["status"], shown["text"], shown["error"]) == ("Completado", JFK.reference, None), shown
+    txt = requests.get(f"{api.url}/transcriptions/{task_id}/result.txt", timeout=10)
+    assert txt.status_code == 200 and "country" in txt.text
 
 
 def test_uploads_kept_for_their_retention_and_orphans_swept(broker, daemon_factory, tmp_path):
@@ -116,7 +140,8 @@ def test_a_late_processing_event_never_undoes_a_result(tmp_path):
     store = TaskStore(str(tmp_path))
     store.create("t1", "a.wav", "uploads/t1.wav")
     store.apply(Completion("t1", "done", text="hola"))
-    assert store.apply(Completion("t1", "processing")) is None  # redelivered or reordered: ignored
+    assert store.apply(Completion("t1", "processing"))[0] == "unchanged"  # redelivered or reordered: ignored
+    assert store.apply(Completion("t1", "failed", error={"code": "task_id_conflict"}))[0] == "late"
     record = store.get("t1")
     assert record["state"] == "done" and record["completion"]["text"] == "hola"
     assert [h["state"] for h in record["history"]] == ["queued", "done"]
@@ -135,8 +160,15 @@ def test_processing_events_show_how_far_the_worker_is_until_the_result(tmp_path)
     assert view(store.get("t1"), "http://x/")["progress"] is None
 
 
+def test_only_tasks_the_api_created_are_recorded(tmp_path):
+    store = TaskStore(str(tmp_path))
+    assert store.apply(Completion("invoice-42", "done", text="forged")) == ("foreign", None)
+    assert os.listdir(tmp_path) == []
+
+
 def test_a_task_keeps_a_bounded_history(tmp_path):
     store = TaskStore(str(tmp_path))
+    store.create("t1", "a.wav", "uploads/t1.wav")
     for _ in range(100):  # a producer repeating "processing" cannot grow the record without end
         store.apply(Completion("t1", "processing"))
     assert len(store.get("t1")["history"]) == 20

@@ -408,7 +408,8 @@ def test_the_completion_listener_survives_any_message_and_healthz_tells_the_trut
     assert (done["status"], done["text"], done["language"]) == ("Completado", "hola", "es")
     assert api.get("p").status_code == 404, "no poison message was recorded"
     health = api.health()
-    assert health == {"status": "ok", "completions": "reading", "rejected_messages": len(poison)}, health
+    assert health == {"status": "ok", "completions": "reading", "rejected_messages": len(poison),
+                      "ignored_messages": 0}, health  # fmt: skip
     wait_for(lambda: broker.depth(broker.result_queue) == (0, 0), 30, "every message settled, none requeued")
     parked = api.parked()
     assert sorted(body for _, body in parked) == sorted(poison.values()), "each parked as it came"
@@ -569,3 +570,87 @@ def test_a_completion_that_cannot_be_stored_is_parked_after_the_delivery_limit(m
     assert wait_for(api.health, 30, "healthy again")["completions"] == "reading"
     assert api.log_count("reading completions from") == 1, "returned to the queue, not reconnected"
     wait_for(lambda: broker.depth(broker.result_queue) == (0, 0), 30, "every message settled")
+
+
+def test_only_the_apis_own_tasks_are_recorded_and_a_finished_task_stays_finished(make_api, broker):
+    api = make_api()
+    done, failed = api.task(), api.task()
+    (api.results / f"{done}.txt").write_text("the first transcript")
+    api.complete(done, text="first", results={"txt": str(api.results / f"{done}.txt")})
+    broker.publish({"task_id": failed, "status": "failed", "error": {"code": "invalid_audio", "message": "x"}},
+                   queue=broker.result_queue)  # fmt: skip
+    api.wait_final(done)
+    api.wait_final(failed)
+    later = [
+        # what a direct job reusing a finished task's id gets back from the worker
+        {"task_id": done, "status": "failed", "error": {"code": "task_id_conflict", "message": "reused"}},
+        {"task_id": done, "status": "done", "text": "second", "results": {}},
+        {"task_id": done, "status": "processing", "progress": 0.5},
+        {"task_id": failed, "status": "done", "text": "forged", "results": {"txt": str(api.results / f"{done}.txt")}},
+        # tasks the API never created: another producer's, or forged
+        {"task_id": "invoice-42", "status": "done", "text": "forged"},
+        {"task_id": "f" * 32, "status": "failed", "error": {"code": "invalid_audio"}},
+        {"task_id": "invoice-43", "status": "processing"},
+    ]
+    for completion in later:
+        broker.publish(completion, queue=broker.result_queue)
+    wait_for(lambda: broker.depth(broker.result_queue) == (0, 0), 30, "every completion settled")
+    shown = api.get(done).json()
+    assert (shown["state"], shown["text"], shown["error"]) == ("done", "first", None), shown
+    assert requests.get(f"{api.url}/transcriptions/{done}/result.txt", timeout=10).text == "the first transcript"
+    shown = api.get(failed).json()
+    assert (shown["state"], shown["text"], shown["results"]) == ("failed", None, {}), shown
+    for foreign in ("invoice-42", "f" * 32, "invoice-43"):
+        refused(api.get(foreign), 404, "task_not_found")
+    assert api.log_count(f"ignoring a failed completion (task_id_conflict) of task {done}: it is done already") == 1
+    assert api.log_count("ignoring a done completion of task invoice-42: not a task of this API") == 1
+    assert api.health()["ignored_messages"] == 5  # two late finals, three foreign
+    assert not api.parked()
+
+
+FORGED_RESULTS = ["another-tasks-file", "outside-results-dir", "own-name-outside", "symlink-to-another-task",
+                  "symlink-out", "hard-link-to-another-task", "fifo", "directory", "missing"]  # fmt: skip
+
+
+def forged_result(kind: str, task_id: str, results: Path, other: Path, outside: Path) -> Path:
+    """Set up the files of one forged-result case; returns the path its completion names."""
+    own = results / f"{task_id}.txt"
+    if kind == "another-tasks-file":
+        return other
+    if kind == "outside-results-dir":
+        return Path("/etc/passwd")
+    if kind == "own-name-outside":  # the task's own name, one directory up
+        (results.parent / own.name).write_text("x")
+        return results / ".." / own.name
+    if kind == "symlink-to-another-task":
+        own.symlink_to(other)
+    elif kind == "symlink-out":
+        own.symlink_to(outside)
+    elif kind == "hard-link-to-another-task":
+        own.hardlink_to(other)
+    elif kind == "fifo":  # opening it to read would block the request's thread forever
+        os.mkfifo(own)
+    elif kind == "directory":
+        own.mkdir()
+    return own
+
+
+def test_result_files_are_served_only_when_they_are_the_tasks_own(make_api, tmp_path):
+    api = make_api()
+    other = api.results / f"{api.task()}.txt"
+    other.write_text("another task's transcript")
+    outside = tmp_path / "outside.txt"
+    outside.write_text("not a result")
+    for kind in FORGED_RESULTS:
+        task_id = api.task()
+        api.complete(task_id, results={"txt": str(forged_result(kind, task_id, api.results, other, outside))})
+        api.wait_final(task_id)
+        r = requests.get(f"{api.url}/transcriptions/{task_id}/result.txt", timeout=10)
+        assert (r.status_code, r.json()["code"]) == (404, "result_not_found"), f"{kind}: {r.status_code} {r.text[:80]}"
+    mine = api.task()
+    (api.results / f"{mine}.txt").write_text("its own transcript")
+    api.complete(mine, results={"txt": str(api.results / "." / f"{mine}.txt")})
+    api.wait_final(mine)
+    r = requests.get(f"{api.url}/transcriptions/{mine}/result.txt", timeout=10)
+    assert (r.status_code, r.text) == (200, "its own transcript")
+    assert r.headers["content-disposition"] == f'attachment; filename="{mine}.txt"'

@@ -28,6 +28,7 @@ import os
 import re
 import resource
 import socket
+import stat
 import threading
 import time
 import uuid
@@ -44,7 +45,7 @@ import pika
 import pika.exceptions
 from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import FileResponse, JSONResponse
+from fastapi.responses import JSONResponse, StreamingResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from python_multipart.exceptions import FormParserError
 from python_multipart.multipart import MultipartParser, parse_options_header
@@ -116,6 +117,9 @@ SWEEP_S = 1.0
 # Log lines of one kind (logger and message) let through per interval; the rest are counted.
 LOG_BURST, LOG_INTERVAL_S = 20, 10.0
 
+# What TaskStore.apply did with an event.
+RECORDED, UNCHANGED, LATE, FOREIGN = "recorded", "unchanged", "late", "foreign"
+
 
 def now_iso() -> str:
     return datetime.now(UTC).isoformat(timespec="milliseconds")
@@ -180,20 +184,22 @@ class TaskStore:
         except FileNotFoundError:
             pass
 
-    def apply(self, c: Completion) -> dict[str, Any] | None:
-        """Record a completion or a processing event; a late "processing" never undoes a result.
+    def apply(self, c: Completion) -> tuple[str, dict[str, Any] | None]:
+        """Record a completion or a processing event of a task this API submitted.
 
-        Returns the record as written, or None when the event changed nothing.
+        Returns what happened and the record: RECORDED; UNCHANGED (a "processing" or the same
+        final state again: a redelivery); LATE (another final state for a finished task, e.g. the
+        task_id_conflict failure of a direct job reusing its id: a finished task stays as it is);
+        FOREIGN (no task of this API: another producer's, or forged; nothing is written).
         """
         assert c.task_id is not None
         with self._lock:
             record = self.get(c.task_id)
+            if record is None or not record.get("audio_path"):  # audio_path: set by create() only
+                return FOREIGN, None
+            if record["state"] in FINAL:
+                return (UNCHANGED if c.status in (PROCESSING, record["state"]) else LATE), record
             at = now_iso()
-            if record is None:  # queued by another producer: still worth answering for
-                record = {"task_id": c.task_id, "state": None, "filename": None, "audio_path": None,
-                          "submitted_at": None, "history": [], "completion": None}  # fmt: skip
-            if record["state"] in FINAL and c.status == PROCESSING:
-                return None
             record.update(state=c.status, updated_at=at)
             record["history"] = [*record["history"], {"state": c.status, "at": at}][-HISTORY:]
             if c.status in FINAL:
@@ -203,7 +209,7 @@ class TaskStore:
                 record["progress"] = {"fraction": c.progress, "audio_done_s": c.audio_done_s,
                                       "duration_s": c.duration_s}  # fmt: skip
             self._put(record)
-            return record
+            return RECORDED, record
 
 
 class PublishTimeout(pika.exceptions.AMQPError):
@@ -411,11 +417,12 @@ class CompletionListener:
     not a valid completion, whose handling raises, or that the broker has delivered more than
     ``broker.RESULT_DELIVERY_LIMIT`` times, is parked in ``<queue>.dead`` with the reason and
     acked (headers nested 800 deep once made pika fail inside its I/O loop: the listener
-    reconnected forever and the completions behind that message were never read). A failure to
-    store (disk full, permissions) is not the message's fault: it goes back to the queue after a
-    back-off (on the same connection, so the completions already delivered behind it are not
-    redelivered too), ``healthy`` is False until a completion is stored again, and one that keeps
-    failing is parked after RESULT_DELIVERY_LIMIT deliveries.
+    reconnected forever and the completions behind that message were never read). Completions
+    of tasks the API did not submit, and a second final state for a finished task, are acked and
+    ignored with a log line. A failure to store (disk full, permissions) is not the message's
+    fault: it goes back to the queue after a back-off (on the same connection, so the completions
+    already delivered behind it are not redelivered too), ``healthy`` is False until a completion
+    is stored again, and one that keeps failing is parked after RESULT_DELIVERY_LIMIT deliveries.
     """
 
     def __init__(self, cfg: Config, store: TaskStore, on_final: Callable[[dict[str, Any]], None]) -> None:
@@ -429,6 +436,7 @@ class CompletionListener:
         self.storing = True  # False from a failure to store until the next success
         self._store_backoff = Backoff(1.0, cfg.broker.reconnect_max_s)
         self.rejected = 0  # parked (or, without a parked queue, rejected)
+        self.ignored = 0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="completions", daemon=True)
 
@@ -440,7 +448,7 @@ class CompletionListener:
         reading = "reading" if self.healthy else "reconnecting" if not self.connected else "cannot store"
         reading = reading if self._thread.is_alive() else "stopped"
         return {"status": "ok" if self.healthy else "unavailable", "completions": reading,
-                "rejected_messages": self.rejected}  # fmt: skip
+                "rejected_messages": self.rejected, "ignored_messages": self.ignored}  # fmt: skip
 
     def start(self) -> None:
         self._thread.start()
@@ -525,9 +533,18 @@ class CompletionListener:
         return None
 
     def _record(self, c: Completion) -> None:
-        record = self.store.apply(c)
-        if record is not None and record["state"] in FINAL:
+        what, record = self.store.apply(c)
+        if what == RECORDED and record is not None and record["state"] in FINAL:
             self.on_final(record)
+        elif what == FOREIGN:
+            self.ignored += 1
+            level = logging.DEBUG if c.status == PROCESSING else logging.INFO
+            log.log(level, "ignoring a %s completion of task %s: not a task of this API", c.status, c.task_id)
+        elif what == LATE and record is not None:
+            self.ignored += 1
+            code = (c.error or {}).get("code")
+            log.warning("ignoring a %s completion%s of task %s: it is %s already", c.status,
+                        f" ({code})" if code else "", c.task_id, record["state"])  # fmt: skip
 
     def _park(self, channel: Any, tag: int, props: pika.BasicProperties, body: bytes, why: str) -> None:
         self.rejected += 1
@@ -797,6 +814,37 @@ class UploadClock:
         return ApiError(408, "upload_timeout", why)
 
 
+def open_result(results_dir: str, task_id: str, fmt: str, recorded: str | None) -> BinaryIO | None:
+    """The task's own result file, opened; None unless it is verifiably that task's.
+
+    A completion names its files, and anyone who may publish to the result queue can forge one
+    (pointing a task at another task's file). So the recorded path must be
+    ``results_dir/<task_id>.<format>``, and what is opened there must be a regular file with one
+    link, opened without following a symlink (and without blocking on a FIFO).
+    """
+    real_dir = os.path.realpath(results_dir)
+    name = f"{task_id}.{fmt}"
+    if recorded is None or os.path.basename(recorded) != name:
+        return None
+    if os.path.realpath(os.path.dirname(recorded)) != real_dir:
+        return None
+    try:
+        fd = os.open(os.path.join(real_dir, name), os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError:
+        return None
+    st = os.fstat(fd)
+    if not stat.S_ISREG(st.st_mode) or st.st_nlink != 1:
+        os.close(fd)
+        return None
+    return os.fdopen(fd, "rb")
+
+
+def read_chunks(f: BinaryIO, size: int = 64 * 1024) -> Iterator[bytes]:
+    with f:
+        while chunk := f.read(size):
+            yield chunk
+
+
 UPLOAD_OPENAPI = {
     "requestBody": {
         "required": True,
@@ -977,14 +1025,16 @@ def create_app(cfg: Config, token: str = "") -> FastAPI:
         return view(record_of(task_id), "/")
 
     @app.get("/transcriptions/{task_id}/result.{fmt}", dependencies=[Depends(authorize)])
-    def result(task_id: str, fmt: str) -> FileResponse:
+    def result(task_id: str, fmt: str) -> StreamingResponse:
         paths = (record_of(task_id).get("completion") or {}).get("results") or {}
-        path = paths.get(fmt) if fmt in FORMATS else None
-        results_dir = os.path.realpath(cfg.storage.results_dir)
-        if path is None or os.path.dirname(os.path.realpath(path)) != results_dir or not os.path.exists(path):
+        recorded = paths.get(fmt) if fmt in FORMATS else None
+        f = open_result(cfg.storage.results_dir, task_id, fmt, recorded)
+        if f is None:
             raise ApiError(404, "result_not_found", f"task {task_id} has no {fmt[:10]} result")
         media = {"json": "application/json", "vtt": "text/vtt"}.get(fmt, "text/plain")
-        return FileResponse(path, media_type=f"{media}; charset=utf-8", filename=f"{task_id}.{fmt}")
+        size = os.fstat(f.fileno()).st_size
+        return StreamingResponse(read_chunks(f), media_type=f"{media}; charset=utf-8", headers={
+            "Content-Length": str(size), "Content-Disposition": f'attachment; filename="{task_id}.{fmt}"'})  # fmt: skip
 
     @app.get("/healthz")
     async def health() -> JSONResponse:
