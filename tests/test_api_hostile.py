@@ -299,7 +299,6 @@ CROSS_ORIGIN = {
     "lookalike": {"Origin": "https://intranet.example.evil.example"},
     "sec-fetch-cross-site": {"Sec-Fetch-Site": "cross-site"},
     "sec-fetch-same-site": {"Sec-Fetch-Site": "same-site"},
-    "dns-rebinding": {"Origin": "http://rebound.example:{port}", "Host": "rebound.example:{port}"},
     "contradicting-headers": {"Origin": "http://127.0.0.1:{port}", "Sec-Fetch-Site": "cross-site"},
 }
 
@@ -654,3 +653,68 @@ def test_result_files_are_served_only_when_they_are_the_tasks_own(make_api, tmp_
     r = requests.get(f"{api.url}/transcriptions/{mine}/result.txt", timeout=10)
     assert (r.status_code, r.text) == (200, "its own transcript")
     assert r.headers["content-disposition"] == f'attachment; filename="{mine}.txt"'
+
+
+REFUSED_HOSTS = {
+    "rebound-name": "rebound.example:{port}",
+    "rebound-name-no-port": "rebound.example",
+    "loopback-ip-prefix": "127.0.0.1.rebound.example:{port}",
+    "localhost-prefix": "localhost.rebound.example",
+    "other-port-ip": "127.0.0.1:{other}",
+    "other-port-name": "localhost:{other}",
+    "other-port-ipv6": "[::1]:{other}",
+    "empty": "",
+    "unclosed-ipv6": "[::1",
+    "userinfo": "127.0.0.1:{port}@rebound.example",
+    "two-hosts": "127.0.0.1:{port}, rebound.example",
+}
+ACCEPTED_HOSTS = ["127.0.0.1:{port}", "localhost:{port}", "LocalHost:{port}", "[::1]:{port}", "127.0.0.1", "localhost"]
+
+
+def host_routes(api: HostileApi, task_id: str) -> dict[str, tuple[str, str]]:
+    """Every kind of route: method and path (POST sends a valid upload)."""
+    return {
+        "healthz": ("GET", "/healthz"),
+        "task": ("GET", f"/transcriptions/{task_id}"),
+        "result": ("GET", f"/transcriptions/{task_id}/result.txt"),
+        "docs": ("GET", "/docs"),
+        "openapi": ("GET", "/openapi.json"),
+        "unknown": ("GET", "/nope"),
+        "upload": ("POST", "/transcriptions"),
+    }
+
+
+def with_host(api: HostileApi, method: str, path: str, host: str) -> requests.Response:
+    files = {"file": ("a.wav", b"RIFF")} if method == "POST" else None
+    return requests.request(method, api.url + path, headers={"Host": host}, files=files, timeout=10)
+
+
+def test_requests_naming_another_host_are_refused_on_every_route(make_api):
+    api = make_api()
+    task_id = api.task()
+    other = api.port + 1
+    jobs = api.jobs()
+    for kind, host in REFUSED_HOSTS.items():
+        for route, (method, path) in host_routes(api, task_id).items():
+            r = with_host(api, method, path, host.format(port=api.port, other=other))
+            assert (r.status_code, r.json()["code"]) == (400, "invalid_host"), f"{kind} {route}: {r.text[:80]}"
+    rebinding = {"Origin": f"http://rebound.example:{api.port}", "Host": f"rebound.example:{api.port}"}
+    refused(api.post(JFK.path, headers=rebinding), 400, "invalid_host")
+    conn = RawHttp(api.port)  # HTTP/1.0 without any Host
+    conn.send(b"GET /healthz HTTP/1.0\r\n\r\n")
+    status, _, body = conn.response()
+    assert (status, json.loads(body)["code"]) == (400, "invalid_host")
+    conn.close()
+    assert api.jobs() == jobs, "no upload was queued"
+    for host in ACCEPTED_HOSTS:
+        for route, (method, path) in host_routes(api, task_id).items():
+            r = with_host(api, method, path, host.format(port=api.port))
+            assert r.status_code != 400, f"{host} {route}: {r.text[:80]}"
+
+
+def test_configured_host_names_are_accepted(make_api):
+    api = make_api(constants={"ALLOWED_HOSTS": ["api.intranet.example", "*.apps.example"]})
+    for host in ("api.intranet.example", "api.intranet.example:8443", "whisper.apps.example", "127.0.0.1:{port}"):
+        assert with_host(api, "GET", "/healthz", host.format(port=api.port)).status_code == 200, host
+    for host in ("intranet.example", "api.intranet.example.rebound.example", "apps.example.rebound.example"):
+        refused(with_host(api, "GET", "/healthz", host), 400, "invalid_host")

@@ -49,8 +49,12 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from python_multipart.exceptions import FormParserError
 from python_multipart.multipart import MultipartParser, parse_options_header
+from starlette._utils import parse_host_header
 from starlette.concurrency import run_in_threadpool
+from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.middleware.trustedhost import TrustedHostMiddleware
+from starlette.types import ASGIApp, Receive, Scope, Send
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from whisperd import amqp_guard, broker
@@ -113,6 +117,10 @@ FDS_PER_CONNECTION = 2  # its socket, and a result file it may be reading
 MIN_CONNECTIONS, MAX_CONNECTIONS = 16, 1024
 WANTED_FDS = 65536  # the soft RLIMIT_NOFILE is raised towards the hard one, up to this
 SWEEP_S = 1.0
+
+# Host header: on a loopback address only these names (and api.allowed_hosts, once it exists).
+LOOPBACK_HOSTS = ("localhost", "127.0.0.1", "[::1]")
+ALLOWED_HOSTS: tuple[str, ...] = ()  # names to accept besides those (stands in for api.allowed_hosts)
 
 # Log lines of one kind (logger and message) let through per interval; the rest are counted.
 LOG_BURST, LOG_INTERVAL_S = 20, 10.0
@@ -845,6 +853,57 @@ def read_chunks(f: BinaryIO, size: int = 64 * 1024) -> Iterator[bytes]:
             yield chunk
 
 
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def allowed_hosts(cfg: Config, listen_host: str) -> list[str] | None:
+    """The Host names the API answers to; None for any (a non-loopback address with no names set)."""
+    names = [*ALLOWED_HOSTS, *getattr(cfg.api, "allowed_hosts", ())]
+    if is_loopback(listen_host):
+        return [*LOOPBACK_HOSTS, *names]
+    return names or None
+
+
+class HostCheck(TrustedHostMiddleware):
+    """Starlette's TrustedHostMiddleware, for every route, answering with JSON and a code.
+
+    DNS rebinding: a web page makes its own name resolve to 127.0.0.1 and has the visitor's
+    browser read this API; those requests carry the page's name in Host. A loopback name must
+    also carry the port the API listens on (or none); configured names may carry any.
+    """
+
+    def __init__(self, app: ASGIApp, allowed_hosts: list[str], port: int) -> None:
+        super().__init__(app, allowed_hosts, www_redirect=False)
+        self.port = str(port)
+
+    def allows(self, header: str | None) -> bool:
+        parsed = parse_host_header(header)
+        if parsed is None:
+            return False
+        host = parsed.host.lower()
+        if host in LOOPBACK_HOSTS and parsed.port not in (None, self.port):
+            return False
+        return self.allow_any or any(
+            host == p or (p.startswith("*") and host.endswith(p[1:])) for p in self.allowed_hosts
+        )
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and not self.allows(Headers(scope=scope).get("host")):
+            host = Headers(scope=scope).get("host", "")
+            log.info("%s %s: 400 invalid_host (%r)", scope["method"], scope["path"][:100], host[:100])
+            why = "this API does not answer to that Host header (see api.allowed_hosts)"
+            answer = error_response(400, "invalid_host", why, headers={"Connection": "close"})
+            await answer(scope, receive, send)
+            return
+        await self.app(scope, receive, send)
+
+
 UPLOAD_OPENAPI = {
     "requestBody": {
         "required": True,
@@ -870,7 +929,8 @@ UPLOAD_OPENAPI = {
 BEARER = HTTPBearer(auto_error=False, description="api.token, when one is configured")
 
 
-def create_app(cfg: Config, token: str = "") -> FastAPI:
+def create_app(cfg: Config, token: str = "", listen: tuple[str, int] | None = None) -> FastAPI:
+    """The API; ``listen`` (host, port) is where it is served, for the Host header check."""
     store = TaskStore(cfg.api.state_dir)
     publisher = Publisher(cfg)
     uploads = Uploads(cfg, store)
@@ -891,6 +951,8 @@ def create_app(cfg: Config, token: str = "") -> FastAPI:
         publisher.close()
 
     app = FastAPI(title="whisperd", version="1", lifespan=lifespan)
+    if listen is not None and (hosts := allowed_hosts(cfg, listen[0])) is not None:
+        app.add_middleware(HostCheck, allowed_hosts=hosts, port=listen[1])
 
     @app.exception_handler(ApiError)
     async def refused(request: Request, e: ApiError) -> JSONResponse:
@@ -1210,7 +1272,7 @@ def serve(cfg: Config, listen: str | None = None) -> int:
         log.warning("the API listens on %s without api.token: anyone who can reach it can submit jobs", host)
     guard = ConnectionGuard(connection_limit(), HEAD_TIMEOUT_S)
     log.info("at most %d connections (RLIMIT_NOFILE %d)", guard.limit, resource.getrlimit(resource.RLIMIT_NOFILE)[0])
-    config = uvicorn.Config(create_app(cfg, token), host=host, port=port, access_log=False,
+    config = uvicorn.Config(create_app(cfg, token, (host, port)), host=host, port=port, access_log=False,
                             log_level=cfg.logging.level.lower(), http=guarded_protocol(guard),
                             backlog=BACKLOG)  # fmt: skip
     install_log_throttle()  # after uvicorn.Config, which configures its loggers
