@@ -95,7 +95,7 @@ class BrokerClient:
         raise AssertionError(f"queue {queue} not found")
 
     def close(self) -> None:
-        for q in (self.job_queue, f"{self.job_queue}.dead", self.result_queue):
+        for q in (self.job_queue, f"{self.job_queue}.dead", self.result_queue, f"{self.result_queue}.dead"):
             try:
                 if not self.ch.is_open:
                     self.ch = self.conn.channel()
