@@ -5,7 +5,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PYTEST_ARGS ?=
 
-.PHONY: setup venv demo test lint fixture-model real-weights clean bench deb deb-lint
+.PHONY: setup venv demo test test-unit lint fixture-model real-weights clean bench deb deb-lint
 
 setup:
 	sh scripts/setup-debian.sh
@@ -25,9 +25,15 @@ demo: setup venv real-weights
 test: setup venv real-weights
 	$(PY) -m pytest $(PYTEST_ARGS) tests
 
+# The unit tier alone (tests/unit: policies, API routes, one-module tests): no apt, no real weights, no broker,
+# no network; about 20 s on 2 cores.
+# `make test` runs it too, with everything else in tests/.
+test-unit: venv
+	$(PY) -m pytest -q $(PYTEST_ARGS) tests/unit
+
 lint: venv
-	$(PY) -m ruff check whisperd tests bench
-	$(PY) -m ruff format --check whisperd tests bench
+	$(PY) -m ruff check whisperd tests bench devkit
+	$(PY) -m ruff format --check whisperd tests bench devkit
 
 # Benchmarks (bench/RESULTS.md): overhead, scaling, latency, memory, throughput, template (fixture model,
 # ~5 min), real, vad, guards, engines (OpenAI's base, ~35 min) on 2 cores.

@@ -20,7 +20,7 @@ setup(
     ],
     extras_require={
         "gpu": ["nvidia-ml-py>=12"],
-        "bench": ["py-spy>=0.3"],
+        "bench": ["py-spy>=0.3", "celery>=5.3"],
         "metrics": ["prometheus_client>=0.17"],
         "api": ["fastapi>=0.110", "uvicorn>=0.27", "python-multipart>=0.0.9"],
         "test": [
@@ -32,6 +32,7 @@ setup(
             "fastapi>=0.110",
             "uvicorn>=0.27",
             "python-multipart>=0.0.9",
+            "httpx>=0.27",  # Starlette's TestClient (tests/unit/test_api_routes.py)
         ],
     },
     entry_points={"console_scripts": ["whisperd = whisperd.cli:main"]},

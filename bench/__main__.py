@@ -18,7 +18,20 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from bench import engines, latency, memory, overhead, real, scaling, template, throughput, vad
+from bench import (
+    engines,
+    latency,
+    memory,
+    overhead,
+    real,
+    real_hosts,
+    same_work,
+    scaling,
+    template,
+    throughput,
+    vad,
+    window_profile,
+)
 from bench.context import Ctx, Sizes
 from bench.procmem import cpu_count, loadavg
 from bench.report import Section, markdown_table, notes, text_table
@@ -35,6 +48,9 @@ SECTIONS: dict[str, Callable[[Ctx], Section]] = {
     "vad": vad.run,
     "guards": vad.run_guards,
     "engines": engines.run,
+    "real_hosts": real_hosts.run,
+    "same_work": same_work.run,
+    "window_profile": window_profile.run,
 }
 
 

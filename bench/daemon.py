@@ -2,7 +2,7 @@
 
 The benchmark times what an operator sees: READY=1 on the notify socket, signals, exit codes.
 Each instance gets its own config, media and results directories and unique queue names; the
-process handling itself is ``whisperd.testing``, shared with the test suite.
+process handling itself is ``devkit.daemon``, shared with the test suite.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from whisperd.testing import DaemonProcess
+from devkit.daemon import DaemonProcess
 
 REPO = Path(__file__).resolve().parent.parent
 BROKER_URL = os.environ.get("WHISPERD_BENCH_BROKER", "amqp://guest:guest@127.0.0.1:5672/%2F")
@@ -25,9 +25,10 @@ class Daemon(DaemonProcess):
             "broker": {"url": BROKER_URL, "job_queue": job_queue, "result_queue": result_queue},
             "model": {"name": model_path, "device": "cpu"},
             "workers": {"count": 1, "drain_timeout": 120.0},
-            # The sections compare whisperd with whisper itself, so the speech gate (on by default in
-            # whisperd, measured on its own in bench/vad.py) stays out of their way.
-            "transcribe": {"vad": False},
+            # The sections compare whisperd with whisper itself, so the speech gate and the short
+            # window (on by default in whisperd, measured in bench/vad.py and bench/real_hosts.py)
+            # stay out of their way.
+            "transcribe": {"vad": False, "short_window": False},
         }
         super().__init__(root, base, cwd=REPO)
         self.configure(**sections)

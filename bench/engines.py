@@ -25,15 +25,14 @@ from typing import Any
 
 from bench.amqp import Producer, Queues
 from bench.context import Ctx, DirectLoop, run_module
-from bench.daemon import REPO, Daemon
+from bench.daemon import Daemon
 from bench.procmem import memory
 from bench.real import REAL_WEIGHTS, alternating_rounds, batch, checkpoint, stage_real, texts_in_order
 from bench.report import Section
+from devkit.clips import english_speech
 
 ENGINES = ("openai-whisper", "faster-whisper")
 GPU_BATCH = 8  # model.batch_size for the batched arm (GPU runs only; faster-whisper's own example uses 16)
-sys.path.insert(0, str(REPO / "tests" / "fixtures"))
-from clips import english_speech  # noqa: E402
 
 
 def ctranslate2_dir(name: str) -> str:

@@ -14,11 +14,12 @@ import signal
 import time
 
 from bench.amqp import Producer, Queues
-from bench.clips import DATA, FIXTURE_MODEL, SHORTEST, long_file
 from bench.context import Ctx, fmt_s, percentile
 from bench.daemon import Daemon
 from bench.procmem import maps_library, memory
 from bench.report import Section
+from devkit.clips import DATA_DIR as DATA
+from devkit.clips import FIXTURE_MODEL, SHORTEST, long_file
 
 MODEL = str(FIXTURE_MODEL)
 

@@ -13,11 +13,12 @@ from __future__ import annotations
 import shutil
 
 from bench.amqp import Producer, Queues
-from bench.clips import DATA, FIXTURE_MODEL, SHORTEST, long_file
 from bench.context import Ctx, run_direct
 from bench.daemon import Daemon
 from bench.procmem import memory
 from bench.report import Section
+from devkit.clips import DATA_DIR as DATA
+from devkit.clips import FIXTURE_MODEL, SHORTEST, long_file
 
 MODEL = str(FIXTURE_MODEL)
 

@@ -15,10 +15,10 @@ import time
 from pathlib import Path
 
 from bench.amqp import Producer, Queues
-from bench.clips import CLIPS, FIXTURE_MODEL, stage
 from bench.context import Ctx, DirectLoop
 from bench.daemon import REPO, Daemon
 from bench.report import Section
+from devkit.clips import CLIPS, FIXTURE_MODEL, stage
 
 WHISPER_CLI = Path(__file__).resolve().parent.parent / ".venv" / "bin" / "whisper"
 

@@ -16,14 +16,14 @@ from pathlib import Path
 # (stage, function, file suffix): the first whose frame is on the stack names the sample.
 STAGES: tuple[tuple[str, str, str], ...] = (
     ("model: whisper transcribe()", "transcribe", "whisper/transcribe.py"),
-    ("decode: ffmpeg subprocess", "decode", "whisperd/media.py"),
+    ("decode: the decoder helper", "decode", "whisperd/media.py"),
     ("open + path checks", "open_media", "whisperd/media.py"),
     ("write result files (fsync)", "write", "whisperd/results.py"),
     ("completion marker (fsync)", "commit", "whisperd/results.py"),
     ("attempt counter (fsync)", "begin_attempt", "whisperd/results.py"),
     ("stored-result lookup", "lookup", "whisperd/results.py"),
     ("parse job", "parse_job", "whisperd/contract.py"),
-    ("waiting for the next job (AMQP)", "_job_loop", "whisperd/worker.py"),
+    ("waiting for the next job (AMQP)", "take", "whisperd/deliveries.py"),
 )
 IDLE_LEAVES = ("select", "poll", "epoll", "wait", "sleep", "recv")
 

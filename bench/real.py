@@ -6,7 +6,7 @@ The weights are built by tests/fixtures/real_weights.py, run as a script as the 
 (``REAL_SETS``: 16 files, 161 s). As in the overhead section, the daemon (1 worker) and a
 long-lived direct ``model.transcribe`` loop alternate rounds of the same files, so a neighbour's
 load hits both alike, and each round's first job (pick-up latency) is left out of both arms.
-WER uses whisper's own normalisers (``whisperd.testing.word_error_rate``).
+WER uses whisper's own normalisers (``devkit.wer.word_error_rate``).
 """
 
 from __future__ import annotations
@@ -21,13 +21,14 @@ from pathlib import Path
 from typing import Any
 
 from bench.amqp import Producer, Queues
-from bench.clips import DATA, LIBRISPEECH_SET, REAL_SETS
 from bench.context import Ctx, DirectLoop
 from bench.daemon import REPO, Daemon
 from bench.overhead import daemon_round
 from bench.procmem import memory
 from bench.report import Section
-from whisperd.testing import word_error_rate
+from devkit.clips import DATA_DIR as DATA
+from devkit.clips import LIBRISPEECH_SET, REAL_SETS
+from devkit.wer import word_error_rate
 
 REAL_WEIGHTS = REPO / "tests" / "fixtures" / "real_weights.py"
 JOB_TIMEOUT_S = 600.0  # per job of a batch: a bound for a loaded machine, not a target

@@ -13,11 +13,11 @@ import subprocess
 
 from bench import checkpoints
 from bench.amqp import Producer, Queues
-from bench.clips import CLIPS, stage
 from bench.context import Ctx
 from bench.daemon import Daemon
 from bench.procmem import memory
 from bench.report import Section
+from devkit.clips import CLIPS, stage
 
 GPU_SIZE = "large-v3"  # on a GPU, real-size random weights (fp16)
 

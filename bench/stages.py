@@ -122,8 +122,8 @@ def profile(args: argparse.Namespace) -> dict[str, Any]:
     stages["other"] = wall - sum(stages.values())
     return {
         "engine": args.engine, "beam": args.beam, "condition": args.condition, "audio_s": len(audio) / 16000,
-        "wall_s": wall, "stages": stages, "calls": dict(timers.calls), "segments": len(result["segments"]),
-        "text": result["text"],
+        "wall_s": wall, "stages": stages, "calls": dict(timers.calls), "segments": len(result.segments),
+        "text": result.text,
     }  # fmt: skip
 
 

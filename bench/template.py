@@ -21,10 +21,11 @@ import sys
 import time
 from typing import Any
 
-from bench.clips import DATA, FIXTURE_MODEL, SHORTEST
 from bench.context import Ctx
 from bench.daemon import REPO
 from bench.report import Section
+from devkit.clips import DATA_DIR as DATA
+from devkit.clips import FIXTURE_MODEL, SHORTEST
 
 
 def child(model: Any, clip: str, threads: int, load: str | None, out: int) -> None:

@@ -14,11 +14,12 @@ import statistics
 
 from bench import profile
 from bench.amqp import Producer, Queues
-from bench.clips import DATA, FIXTURE_MODEL, SHORTEST
 from bench.context import Ctx, run_direct
 from bench.daemon import Daemon
 from bench.procmem import memory
 from bench.report import Section
+from devkit.clips import DATA_DIR as DATA
+from devkit.clips import FIXTURE_MODEL, SHORTEST
 
 MODEL = str(FIXTURE_MODEL)
 

@@ -29,13 +29,14 @@ import numpy as np
 import psutil
 
 from bench.amqp import Producer, Queues
-from bench.clips import DATA, REPO
 from bench.context import Ctx, fmt_s
 from bench.daemon import Daemon
 from bench.procmem import memory, reset_peak
 from bench.report import Section
-from whisperd import testaudio
-from whisperd.testing import word_error_rate, word_errors
+from devkit import testaudio
+from devkit.clips import DATA_DIR as DATA
+from devkit.clips import REPO
+from devkit.wer import word_error_rate, word_errors
 
 SPANISH = (*(f"fleurs_es_{i:03d}.ogg" for i in range(8)), "mls_es_13697_11991_000000.opus", "picovoice_test_es.wav")
 ENGLISH = (

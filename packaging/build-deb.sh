@@ -24,7 +24,7 @@ if [ "${debver%-*}" != "$upstream" ]; then
 fi
 deb="dist/whisperd_${debver}_amd64.deb"
 
-# What goes into the package; README.md is left out of the hash so doc edits do not cost a rebuild.
+# What goes into the package; README.md and docs/ are left out of the hash so doc edits do not cost a rebuild.
 stamp=$( { echo "$COMPRESS"; sha256sum "$LOCK";
            find whisperd packaging etc setup.py pyproject.toml -type f ! -path '*/__pycache__/*' \
                ! -name '*.pyc' -print0 | sort -z | xargs -0 sha256sum; } | sha256sum | cut -d' ' -f1)
@@ -37,7 +37,7 @@ start=$(date +%s)
 build="build/deb"
 src="$build/whisperd-$upstream"
 rm -rf "$build" && mkdir -p "$src/tests/data" dist
-cp -a whisperd setup.py pyproject.toml README.md "$src/"
+cp -a whisperd setup.py pyproject.toml README.md docs "$src/"
 mkdir -p "$src/etc" && cp etc/whisperd.toml "$src/etc/"
 cp -a packaging "$src/" && cp -a packaging/debian "$src/debian"
 cp tests/data/fixture-model.pt tests/data/jfk.flac "$src/tests/data/"

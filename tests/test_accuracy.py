@@ -23,11 +23,13 @@ from typing import Any
 
 import pytest
 import whisper
-from clips import JFK, LIBRISPEECH, SPANISH, SPANISH_READ, SPONTANEOUS_EN, Clip
 from conftest import BrokerClient, Daemon
 
+from devkit import testaudio
+from devkit.clips import JFK, LIBRISPEECH, SPANISH, SPANISH_READ, SPONTANEOUS_EN, Clip
+from devkit.wer import word_error_rate
+from whisperd import engines
 from whisperd.contract import ErrorCode
-from whisperd.testing import word_error_rate
 
 COMPLETIONS_TIMEOUT_S = 1800  # a bound for a loaded 2-core machine, not a speed target (see bench/)
 
@@ -102,11 +104,14 @@ def wer_of(batch: Batch, tasks: dict[str, Clip], language: str) -> tuple[float, 
 
 
 def reference_words(models: Models, clip: Clip) -> list[tuple[str, float, float]]:
-    """Word timings of ``clip`` from the engine called directly, with base's real alignment heads."""
+    """Word timings of ``clip`` from the engine called directly, with base's real alignment heads.
+    faster-whisper's come in the window whisperd uses for the clip (its short window follows the
+    file's length): alignment in another window moves word edges by up to ~0.1 s."""
     if models.engine == "faster-whisper":
-        from faster_whisper import WhisperModel
-
-        fw = WhisperModel(str(models.weights.ctranslate2_dir("base")), compute_type="int8", cpu_threads=2)
+        fw = engines._windowed_model_class()(
+            str(models.weights.ctranslate2_dir("base")), compute_type="int8", cpu_threads=2
+        )
+        fw.window_s = engines.window_s(len(testaudio.load(clip.path)))
         segments, _ = fw.transcribe(str(clip.path), beam_size=1, word_timestamps=True, condition_on_previous_text=False)
         return [(w.word, w.start, w.end) for s in segments for w in s.words]
     model = whisper.load_model(str(models.weights.checkpoint("base")), device="cpu")

@@ -13,9 +13,9 @@ import uuid
 import pytest
 import requests
 from api_process import Api
-from clips import JFK, SPANISH
 from conftest import wait_for
 
+from devkit.clips import JFK, SPANISH
 from whisperd.api import TaskStore, view
 from whisperd.contract import Completion
 

@@ -21,9 +21,10 @@ import psutil
 import pytest
 import requests
 from api_process import RawHttp
-from clips import JFK
 from conftest import wait_for
 from test_api_hostile import AUDIO, MULTIPART, HostileApi, api_maker, form, part, refused
+
+from devkit.clips import JFK
 
 # Shorter than the API's own grace (30 s) so the test need not wait that long; the rate floor is the same kind.
 TRICKLE = {"UPLOAD_GRACE_S": 5.0, "UPLOAD_MIN_RATE": 4096}

@@ -21,7 +21,7 @@ import psutil
 import pytest
 from conftest import queue_clips, wait_for
 
-from whisperd.testing import title_of
+from devkit.daemon import title_of
 
 JOBS = int(os.environ.get("WHISPERD_CHAOS_JOBS", "500"))
 KILL_EVERY_S = (2.0, 5.0)

@@ -16,9 +16,9 @@ import time
 from pathlib import Path
 
 import pytest
-from clips import JFK
 from conftest import REPO, wait_for
 
+from devkit.clips import JFK
 from whisperd import config, control
 
 

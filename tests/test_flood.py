@@ -19,11 +19,11 @@ import time
 
 import psutil
 import requests
-from clips import JFK
 from conftest import wait_for
 
+from devkit.clips import JFK
+from devkit.daemon import free_port
 from whisperd import metrics_server
-from whisperd.testing import free_port
 
 NOFILE = 1024  # systemd's default soft limit, below the unit's LimitNOFILE
 IDLE_CONNECTIONS = 1100

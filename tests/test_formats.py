@@ -7,7 +7,7 @@ import json
 import re
 from pathlib import Path
 
-from clips import JFK
+from devkit.clips import JFK
 
 TIMESTAMP = r"\d\d:\d\d\.\d\d\d"
 

@@ -23,8 +23,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from clips import JFK
 from conftest import BrokerClient, Daemon, wait_for
+
+from devkit.clips import JFK
 
 MAX_DURATION_S = 120.0
 MAX_FILE_MB = 5.0

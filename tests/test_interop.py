@@ -10,9 +10,9 @@ from pathlib import Path
 
 import jsonschema
 import pytest
-from clips import JFK, SPANISH
 from conftest import BROKER_URL
 
+from devkit.clips import JFK, SPANISH
 from whisperd.contract import ErrorCode, JobError, parse_job
 
 SCHEMA = json.loads((Path(__file__).resolve().parent.parent / "whisperd/schema/completion.schema.json").read_text())

@@ -8,11 +8,11 @@ import socket
 
 import psutil
 import requests
-from clips import JFK
 from conftest import wait_for
 from prometheus_client.parser import text_string_to_metric_families
 
-from whisperd.testing import free_port
+from devkit.clips import JFK
+from devkit.daemon import free_port
 
 
 def scrape(port: int) -> dict[tuple[str, tuple], float]:

@@ -5,8 +5,7 @@ from __future__ import annotations
 import logging
 import shutil
 
-from clips import FIXTURE_MODEL, JFK
-
+from devkit.clips import FIXTURE_MODEL, JFK
 from whisperd import config, media
 from whisperd.contract import job_body
 from whisperd.logs import Labelled
@@ -24,6 +23,7 @@ def test_a_new_thread_count_reaches_the_decoder_and_the_model(tmp_path, monkeypa
         {
             "model": {"name": str(FIXTURE_MODEL), "download_root": str(tmp_path)},
             "storage": {"media_root": str(tmp_path / "media"), "results_dir": str(tmp_path / "results")},
+            "transcribe": {"short_window": False},  # the fixture model knows 30-second windows only
         }
     )
     transcriber = Transcriber(cfg.model, threads=1)

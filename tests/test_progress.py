@@ -7,10 +7,10 @@ from pathlib import Path
 
 import jsonschema
 import pytest
-from clips import JFK
 from conftest import submit
 
-from whisperd import worker
+from devkit.clips import JFK
+from whisperd import jobs
 
 SCHEMA = json.loads((Path(__file__).resolve().parent.parent / "whisperd/schema/completion.schema.json").read_text())
 
@@ -65,4 +65,4 @@ def test_a_long_job_reports_how_far_it_is_every_few_seconds(broker, daemon_facto
     assert fractions == sorted(set(fractions)) and fractions[-1] < 1.0, fractions
     for n in notes:
         assert n["audio_done_s"] == pytest.approx(n["progress"] * done["duration_s"], abs=0.1)
-    assert len(notes) <= 2 + done["processing_s"] / worker.PROGRESS_INTERVAL_S, "more often than every few seconds"
+    assert len(notes) <= 2 + done["processing_s"] / jobs.PROGRESS_INTERVAL_S, "more often than every few seconds"

@@ -16,7 +16,7 @@ import real_weights as builder
 import whisper
 from conftest import REPO
 
-from whisperd.testing import free_port
+from devkit.daemon import free_port
 
 BUILDER = REPO / "tests" / "fixtures" / "real_weights.py"
 

@@ -21,10 +21,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from clips import JFK
 from conftest import REPO, BrokerClient, Daemon, submit
 
-from whisperd.testing import write_toml
+from devkit.clips import JFK
+from devkit.daemon import write_toml
 
 Config = dict[str, dict[str, Any]]
 

@@ -13,8 +13,9 @@ import termios
 
 import pika.exceptions
 import pytest
-from clips import JFK, SPANISH
 from conftest import REPO, wait_for
+
+from devkit.clips import JFK, SPANISH
 
 CMD = [sys.executable, "-m", "whisperd", "submit"]
 
@@ -165,6 +166,13 @@ def queued_job(broker) -> tuple | None:
         return broker.get(broker.job_queue, 1)
     except pika.exceptions.ChannelClosedByBroker:  # 404: not declared yet
         broker.ch = broker.conn.channel()
+        return None
+    except pika.exceptions.ConnectionClosedByBroker as e:
+        # 541 noproc: the queue is declared but its process has not started yet; the broker
+        # closes the whole connection for that, so open a new one and look again.
+        if e.reply_code != 541:
+            raise
+        broker.connect()
         return None
 
 

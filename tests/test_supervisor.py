@@ -8,10 +8,10 @@ import signal
 import time
 
 import psutil
-from clips import FIXTURE_MODEL, JFK
 from conftest import submit, wait_for
 
-from whisperd.testing import title_of
+from devkit.clips import FIXTURE_MODEL, JFK
+from devkit.daemon import title_of
 
 
 def test_notify_protocol_titles_and_no_torch_in_the_supervisor(broker, daemon_factory):
@@ -200,3 +200,45 @@ def test_sigquit_stops_at_once_and_the_job_in_flight_goes_back_to_the_queue(brok
     [c] = broker.completions(1, 120)
     assert (c["task_id"], c["status"]) == ("quit-me", "done")
     assert broker.get(broker.result_queue, 2) is None
+
+
+def test_auto_runs_one_single_threaded_worker_per_core(broker, daemon_factory):
+    from whisperd import layout
+
+    cores = layout.cpu_cores()
+    d = daemon_factory(workers={"count": "auto"}).start()
+    wait_for(lambda: len(d.workers()) == cores, 60, f"{cores} workers")
+    assert f"{cores} workers (auto: one per core ({cores}))" in d.log()
+    assert "1 threads per worker" in d.log()
+    for i in range(cores):
+        submit(broker, d, JFK.path, f"auto-{i}")
+    got = broker.completions(cores, 120)
+    assert sorted(c["task_id"] for c in got) == [f"auto-{i}" for i in range(cores)]
+    assert all(c["status"] == "done" for c in got)
+
+
+def test_a_max_jobs_recycle_and_an_operators_sigterm_to_a_worker_are_told_apart(broker, daemon_factory):
+    """Both exit cleanly; the exit code says which (lifecycle.WorkerExit), and so do the log and metrics."""
+    from test_metrics import scrape
+
+    from devkit.daemon import free_port
+
+    port = free_port()
+    d = daemon_factory(metrics={"listen": f"127.0.0.1:{port}"}, workers={"count": 1, "max_jobs": 2}).start()
+    [first] = d.workers()
+    for n in range(2):
+        submit(broker, d, JFK.path, f"recycle-{n}")
+    broker.completions(2, 120)
+    wait_for(lambda: [w.pid for w in d.workers()] not in ([], [first.pid]), 60, "a fresh worker after max_jobs")
+    wait_for(lambda: "recycling after 2 jobs" in d.log(), 10, "the recycle in the log")
+
+    [second] = wait_for(lambda: (ws := d.workers()) and ws[0].pid != first.pid and ws, 30, "the second worker")
+    second.send_signal(signal.SIGTERM)  # an operator's `kill <worker>`, not the supervisor's
+    wait_for(lambda: [w.pid for w in d.workers()] not in ([], [second.pid]), 60, "a worker after the SIGTERM")
+    restarts = lambda: {  # noqa: E731
+        labels[0][1]: v for (name, labels), v in scrape(port).items() if name == "whisperd_worker_restarts_total"
+    }
+    wait_for(lambda: restarts() == {"recycled_max_jobs": 1, "signalled": 1}, 20, "both restarts in the metrics")
+    assert "exit code 0" in d.log() and "exit code 5" in d.log()
+    submit(broker, d, JFK.path, "after-both")
+    assert broker.completions(1, 60)[0]["status"] == "done"

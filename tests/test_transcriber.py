@@ -1,12 +1,13 @@
-"""The fixture model through whisperd.transcriber: every clip verbatim with default settings."""
+"""The fixture model through whisperd.transcriber: every clip verbatim with default settings
+(but the short window: the fixture model learned its clips in 30-second windows only)."""
 
 from __future__ import annotations
 
 import pytest
-from clips import CLIPS, FIXTURE_MODEL
 
+from devkit.clips import CLIPS, FIXTURE_MODEL
 from whisperd import media
-from whisperd.config import ModelConfig
+from whisperd.config import ModelConfig, TranscribeConfig
 from whisperd.contract import ErrorCode, Job, JobError
 from whisperd.transcriber import Transcriber
 
@@ -22,9 +23,9 @@ def transcriber(tmp_path_factory):
 def test_fixture_model_returns_each_clip_verbatim(transcriber, clip):
     with media.open_media(str(clip.path.parent), clip.audio, 10**9) as f:
         audio = media.decode(f, 600)
-    result = transcriber.transcribe(audio, Job("t", clip.audio))
-    assert result["text"].strip() == clip.reference
-    assert result["language"] == clip.language
+    result = transcriber.transcribe(audio, Job("t", clip.audio), TranscribeConfig(short_window=False))
+    assert result.text.strip() == clip.reference
+    assert result.language == clip.language
 
 
 def test_language_names_and_codes(transcriber):

@@ -11,13 +11,15 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from clips import CLIPS, FIXTURE_MODEL, JFK, SPANISH
 from conftest import BrokerClient, Daemon
 
-from whisperd import speech, testaudio
+from devkit import testaudio
+from devkit.clips import CLIPS, FIXTURE_MODEL, JFK, SPANISH
+from whisperd import speech
 from whisperd.config import ModelConfig, TranscribeConfig
 from whisperd.contract import GUARD_OPTIONS, ErrorCode, Job
 from whisperd.transcriber import Transcriber
+from whisperd.transcript import Transcript
 
 GATE = TranscribeConfig()
 SR = testaudio.SAMPLE_RATE
@@ -110,23 +112,23 @@ def spy(transcriber, monkeypatch):
 def test_silence_never_reaches_whisper_and_the_gate_off_is_a_plain_call(transcriber, spy):
     quiet = testaudio.silence(30)
     result = transcriber.transcribe(quiet, Job("t", "x", language="es"))
-    assert result == {"text": "", "segments": [], "language": "es", "speech_s": 0.0}
+    assert result == Transcript("", "es", (), speech_s=0.0)
     assert spy.calls == []
     result = transcriber.transcribe(quiet, Job("t", "x"), TranscribeConfig(vad=False))
-    assert "speech_s" not in result and result["language"] is not None  # whisper ran and detected one
+    assert result.speech_s is None and result.language is not None  # whisper ran and detected one
     assert spy.calls[0]["samples"] == len(quiet)
 
 
 def test_gated_speech_keeps_its_text_and_its_place_in_the_file(transcriber, spy):
     audio, (placed,) = testaudio.recording([JFK.path], [30.0], lead_s=20.0)
     result = transcriber.transcribe(audio, Job("t", "x", word_timestamps=True))
-    assert result["text"].strip() == JFK.reference
-    assert spy.calls[0]["samples"] == pytest.approx(result["speech_s"] * SR, abs=16)  # speech_s is rounded to ms
-    assert placed.end - placed.start - 2.0 <= result["speech_s"] <= placed.end - placed.start + 2 * 0.4 + 0.01
-    segments = result["segments"]
-    assert placed.start - 0.5 <= segments[0]["start"] and segments[-1]["end"] <= placed.end + 0.5
-    words = [w for s in segments for w in s["words"]]
-    assert words and all(placed.start - 0.5 <= w["start"] <= w["end"] <= placed.end + 0.5 for w in words)
+    assert result.text.strip() == JFK.reference
+    assert spy.calls[0]["samples"] == pytest.approx(result.speech_s * SR, abs=16)  # speech_s is rounded to ms
+    assert placed.end - placed.start - 2.0 <= result.speech_s <= placed.end - placed.start + 2 * 0.4 + 0.01
+    segments = result.segments
+    assert placed.start - 0.5 <= segments[0].start and segments[-1].end <= placed.end + 0.5
+    words = [w for s in segments for w in s.words or ()]
+    assert words and all(placed.start - 0.5 <= w.start <= w.end <= placed.end + 0.5 for w in words)
 
 
 def test_guard_options_reach_whisper_from_config_and_job(transcriber, spy):

@@ -8,8 +8,9 @@ import signal
 import subprocess
 from pathlib import Path
 
-from clips import CLIPS, JFK, SPANISH
 from conftest import BROKER_URL, wait_for
+
+from devkit.clips import CLIPS, JFK, SPANISH
 
 
 def test_jfk_is_transcribed_exactly(broker, daemon):

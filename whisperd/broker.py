@@ -107,6 +107,19 @@ def supports_consumer_timeout(server_version: str) -> bool:
     return parts >= (3, 11, 15)
 
 
+def server_version(connection: Any) -> str:
+    """The version the broker announced in Connection.Start, or "" when it gave none.
+
+    pika's BlockingConnection has no public way to read the server properties (it exposes only
+    four capability flags), and AMQP has no other request for them. So this reads pika's private
+    ``connection._impl.server_properties``, here and nowhere else; should a pika release move
+    it, the version reads as unknown (the worker then warns about ack timeouts), nothing breaks.
+    """
+    properties = getattr(getattr(connection, "_impl", None), "server_properties", None)
+    version = properties.get("version", b"") if isinstance(properties, dict) else b""
+    return version.decode(errors="replace") if isinstance(version, bytes) else str(version)
+
+
 def connection_parameters(
     cfg: BrokerConfig, name: str, url: str | None = None, heartbeat: int | None = None
 ) -> pika.URLParameters:

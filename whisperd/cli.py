@@ -11,7 +11,7 @@ from pathlib import Path
 from whisperd import __version__, logs, models
 from whisperd import config as config_mod
 from whisperd.config import ConfigError
-from whisperd.contract import FORMATS
+from whisperd.wire import FORMATS, unknown_formats
 
 
 def _load(args: argparse.Namespace) -> config_mod.Config:
@@ -43,7 +43,14 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     except ConfigError as e:
         print(f"whisperd: config error: {e}", file=sys.stderr)
         return 1
-    print(f"{path}: OK ({cfg.workers.count} workers, model {cfg.model.name}, queue {cfg.broker.job_queue})")
+    from whisperd import layout
+    from whisperd.gpu import Gpus
+
+    _, chosen = layout.resolve(cfg, Gpus().count)
+    print(
+        f"{path}: OK ({chosen.count} workers × {chosen.threads} threads here, {chosen.why}; "
+        f"model {cfg.model.name}, queue {cfg.broker.job_queue})"
+    )
     return 0
 
 
@@ -77,7 +84,7 @@ def cmd_submit(args: argparse.Namespace) -> int:
         print(f"whisperd: no such file: {missing[0]}", file=sys.stderr)
         return 2
     formats = args.format.split(",") if args.format else None
-    if formats and any(f not in FORMATS for f in formats):
+    if formats and unknown_formats(formats):
         print(f"whisperd: --format takes a comma-separated list from {', '.join(FORMATS)}", file=sys.stderr)
         return 2
     if args.output and not args.wait:

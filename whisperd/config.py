@@ -4,6 +4,9 @@ Every key has a default, so a file of comments only is a valid configuration (an
 refused: more likely a truncated write than a wish for every default). A typo or a wrong type
 stops the start with one line that names the key, instead of being silently ignored; a file that
 cannot be read or parsed at all is a ConfigError too, so a reload keeps the running configuration.
+
+The keys themselves (their defaults, checks and meanings) are in whisperd.settings; the names
+other modules use are re-exported here, so they import them from whisperd.config as before.
 """
 
 from __future__ import annotations
@@ -11,23 +14,64 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
-import re
 import stat
 import tomllib
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlparse
 
-from whisperd.contract import FORMATS
+from whisperd.settings import (
+    COMPUTE_TYPES,
+    ENGINES,
+    ApiConfig,
+    BrokerConfig,
+    Config,
+    ControlConfig,
+    EventsConfig,
+    LimitsConfig,
+    LoggingConfig,
+    MetricsConfig,
+    ModelConfig,
+    StorageConfig,
+    TranscribeConfig,
+    WorkersConfig,
+    key,
+    listen_ok,
+    split_listen,
+)
+
+__all__ = [
+    "ApiConfig",
+    "BrokerConfig",
+    "COMPUTE_TYPES",
+    "Config",
+    "ConfigError",
+    "ControlConfig",
+    "DEFAULT_PATH",
+    "ENGINES",
+    "ENV_VAR",
+    "EventsConfig",
+    "LimitsConfig",
+    "LoggingConfig",
+    "MAX_CONFIG_BYTES",
+    "MetricsConfig",
+    "ModelConfig",
+    "StorageConfig",
+    "TranscribeConfig",
+    "WorkersConfig",
+    "check_job_option",
+    "checked_value",
+    "job_deadline_s",
+    "key",
+    "listen_ok",
+    "load",
+    "parse",
+    "resolve_path",
+    "split_listen",
+]
 
 DEFAULT_PATH = Path("/etc/whisperd/whisperd.toml")
 ENV_VAR = "WHISPERD_CONFIG"
-ENGINES = ("openai-whisper", "faster-whisper")
-# CTranslate2 compute types (faster-whisper); auto = int8 on a CPU, float16 on a GPU.
-COMPUTE_TYPES = ("auto", "int8", "int8_float32", "int8_float16", "int8_bfloat16", "int16", "float16", "bfloat16",
-                 "float32")  # fmt: skip
 
 
 class ConfigError(ValueError):
@@ -42,236 +86,9 @@ class ConfigError(ValueError):
         super().__init__(redact(message))
 
 
-def _positive(v: Any) -> bool:
-    return v > 0
-
-
-def _non_negative(v: Any) -> bool:
-    return v >= 0
-
-
-def _digits(v: str) -> bool:
-    """ASCII digits only: str.isdigit() also accepts "²" and "١", which int() then refuses or misreads."""
-    return v.isascii() and v.isdigit()
-
-
-def _device(v: str) -> bool:
-    if v in ("auto", "cpu", "cuda"):
-        return True
-    return v.startswith("cuda:") and _digits(v[5:])
-
-
-def _scheme(v: str) -> str:
-    """The URL's scheme, or "" when urllib cannot parse it: ``[::1`` raises ValueError, and so does
-    the port of ``amqp://user:pa/ss@host`` (an unencoded "/", "#" or "?" in the password ends the
-    host part, and the rest of ``user:pa`` is taken for the port: pika would fail on it later and
-    print that part of the password in its error)."""
-    try:
-        parsed = urlparse(v)
-        parsed.port  # noqa: B018 (it parses the port)
-    except ValueError:
-        return ""
-    return parsed.scheme
-
-
-def _amqp_url(v: str) -> bool:
-    return _scheme(v) in ("amqp", "amqps")
-
-
-def _queue_name(v: str) -> bool:
-    return 0 < len(v.encode()) <= 255 and not v.startswith("amq.")
-
-
-def _formats(v: list) -> bool:
-    return bool(v) and all(f in FORMATS for f in v) and len(set(v)) == len(v)
-
-
-def listen_ok(v: str) -> bool:
-    """host:port (host may be empty or a bracketed IPv6 address); "" means off."""
-    if v == "":
-        return True
-    host, sep, port = v.rpartition(":")
-    return bool(sep) and _digits(port) and 0 < int(port) < 65536 and "/" not in host
-
-
-def _http_url_or_empty(v: str) -> bool:
-    return v == "" or (_scheme(v) in ("http", "https") and bool(urlparse(v).netloc))
-
-
-def _abs_path(v: str) -> bool:
-    """Absolute, and without a NUL byte (TOML's "\u0000"), which no system call accepts."""
-    return os.path.isabs(v) and "\0" not in v
-
-
-def _abs_or_empty(v: str) -> bool:
-    return v == "" or _abs_path(v)
-
-
-def split_listen(v: str) -> tuple[str, int]:
-    """ "host:port" -> (host, port); an empty host means all interfaces."""
-    host, _, port = v.rpartition(":")
-    return host.strip("[]") or "0.0.0.0", int(port)
-
-
-def _log_level(v: str) -> bool:
-    return v.upper() in ("DEBUG", "INFO", "WARNING", "ERROR")
-
-
-def key(default: Any, check: Callable[[Any], bool] | None = None, why: str = "", **kw: Any) -> Any:
-    """A config key: its default, and a check with the reason shown when it fails."""
-    meta = {"check": check, "why": why}
-    if isinstance(default, list):
-        return field(default_factory=lambda: list(default), metadata=meta)
-    return field(default=default, metadata=meta)
-
-
-@dataclass
-class BrokerConfig:
-    url: str = key("amqp://guest:guest@localhost:5672/%2F", _amqp_url, "must be an amqp:// or amqps:// URL")
-    urls: list = key(
-        [], lambda v: all(isinstance(x, str) and _amqp_url(x) for x in v), "must be a list of amqp:// or amqps:// URLs"
-    )
-    job_queue: str = key("whisperd.jobs", _queue_name, "must be 1-255 bytes and not start with 'amq.'")
-    result_queue: str = key("whisperd.results", _queue_name, "must be 1-255 bytes and not start with 'amq.'")
-    prefetch: int = key(1, _positive, "must be >= 1")
-    heartbeat: int = key(60, _non_negative, "must be >= 0 seconds (0 disables heartbeats)")
-    max_attempts: int = key(3, _positive, "must be >= 1")
-    reconnect_max_s: float = key(30.0, _positive, "must be > 0 seconds")
-    reply_to_prefixes: list = key(
-        [],
-        lambda v: all(isinstance(x, str) and x for x in v),
-        "must be a list of non-empty queue-name prefixes (empty = any queue but whisperd's own)",
-    )
-
-
-@dataclass
-class ModelConfig:
-    engine: str = key("openai-whisper", lambda v: v in ENGINES, f"must be one of {list(ENGINES)}")
-    name: str = key("small", lambda v: bool(v.strip()), "must not be empty")
-    download_root: str = key("/var/lib/whisperd/models")
-    device: str = key("auto", _device, "must be auto, cpu, cuda or cuda:N")
-    fp16: bool = key(True)
-    download: bool = key(True)
-    mirror: str = key("", _http_url_or_empty, "must be an http:// or https:// URL, or empty for OpenAI's")
-    compute_type: str = key("auto", lambda v: v in COMPUTE_TYPES, f"must be one of {list(COMPUTE_TYPES)}")
-    batch_size: int = key(0, lambda v: 0 <= v <= 64, "must be between 0 and 64 (0 = one window at a time)")
-
-
-@dataclass
-class StorageConfig:
-    media_root: str = key("/var/lib/whisperd/media", _abs_path, "must be an absolute path")
-    results_dir: str = key("/var/lib/whisperd/results", _abs_path, "must be an absolute path")
-
-
-@dataclass
-class WorkersConfig:
-    count: int = key(1, lambda v: 1 <= v <= 256, "must be between 1 and 256")
-    threads: int = key(0, _non_negative, "must be >= 0 (0 = cores / count)")
-    drain_timeout: float = key(600.0, _positive, "must be > 0 seconds")
-    timeout: float = key(60.0, _positive, "must be > 0 seconds")
-    ready_timeout: float = key(600.0, _positive, "must be > 0 seconds")
-    boot_attempts: int = key(3, _positive, "must be >= 1")
-    max_jobs: int = key(0, _non_negative, "must be >= 0 (0 = never recycle)")
-    max_jobs_jitter: int = key(0, _non_negative, "must be >= 0")
-    max_rss_mb: int = key(0, _non_negative, "must be >= 0 (0 = no limit)")
-    hard_rss_mb: int = key(-1, lambda v: v >= -1, "must be >= 0 (0 = no limit), or -1 (derived from model and limits)")
-
-
-@dataclass
-class LimitsConfig:
-    max_file_mb: float = key(2048.0, _positive, "must be > 0")
-    max_duration_s: float = key(4 * 3600.0, _positive, "must be > 0 seconds")
-    job_timeout_s: float = key(0.0, _non_negative, "must be >= 0 seconds (0 = scaled to audio length)")
-    max_job_bytes: int = key(64 * 1024, lambda v: 1024 <= v <= 16 * 2**20, "must be between 1024 and 16 MiB")
-
-
-def _within(low: float, high: float) -> Callable[[Any], bool]:
-    """A closed range; NaN and infinities (TOML and Python's JSON accept both) fall outside it."""
-    return lambda v: low <= v <= high
-
-
-@dataclass
-class TranscribeConfig:
-    formats: list = key(["json", "txt"], _formats, f"must be a non-empty list of distinct values from {list(FORMATS)}")
-    beam_size: int = key(0, _non_negative, "must be >= 0 (0 = greedy, whisper's default)")
-    # The speech gate (whisperd.speech): Silero VAD before Whisper.
-    vad: bool = key(True)
-    vad_threshold: float = key(0.5, _within(0.01, 0.99), "must be between 0.01 and 0.99")
-    vad_min_silence_ms: int = key(2000, _within(0, 60_000), "must be between 0 and 60000 ms")
-    vad_speech_pad_ms: int = key(400, _within(0, 5_000), "must be between 0 and 5000 ms")
-    # Whisper's own hallucination guards; a job may override each (contract.GUARD_OPTIONS).
-    condition_on_previous_text: bool = key(False)  # whisper: true; measured in bench/vad.py (README)
-    no_speech_threshold: float = key(0.6, _within(0.0, 1.0), "must be between 0 and 1")
-    compression_ratio_threshold: float = key(2.4, _within(1.0, 100.0), "must be between 1 and 100")
-    hallucination_silence_threshold: float = key(
-        0.0, _within(0.0, 30.0), "must be between 0 and 30 seconds (0 = off; used with word timestamps)"
-    )
-
-
-@dataclass
-class EventsConfig:
-    progress: bool = key(False)
-
-
-@dataclass
-class ControlConfig:
-    socket: str = key("", _abs_or_empty, "must be an absolute path, or empty for the default")
-
-
-@dataclass
-class MetricsConfig:
-    listen: str = key("", listen_ok, "must be host:port (e.g. 127.0.0.1:9464), or empty to turn metrics off")
-
-
-@dataclass
-class ApiConfig:
-    listen: str = key("127.0.0.1:8080", lambda v: v != "" and listen_ok(v), "must be host:port (e.g. 127.0.0.1:8080)")
-    state_dir: str = key("/var/lib/whisperd/api", _abs_path, "must be an absolute path")
-    upload_subdir: str = key(
-        "uploads",
-        lambda v: bool(v) and not os.path.isabs(v) and ".." not in v.split("/"),
-        "must be a relative path inside storage.media_root",
-    )
-    result_queue: str = key("", lambda v: v == "" or _queue_name(v), "must be a queue name, or empty")
-    token: str = key("")  # checked by the API itself, so that a bad value is never echoed
-    token_file: str = key("", _abs_or_empty, "must be an absolute path, or empty")
-    allowed_origins: list = key(
-        [],
-        lambda v: all(isinstance(x, str) and re.fullmatch(r"https?://[^/\s]+", x) for x in v),
-        "must be a list of origins such as https://intranet.example (scheme://host[:port], no path)",
-    )
-    upload_retention_s: float = key(0.0, _non_negative, "must be >= 0 seconds (0 = delete once the result is in)")
-    upload_idle_timeout_s: float = key(60.0, _positive, "must be > 0 seconds")
-    max_concurrent_uploads: int = key(4, _positive, "must be >= 1")
-
-
-@dataclass
-class LoggingConfig:
-    level: str = key("INFO", _log_level, "must be DEBUG, INFO, WARNING or ERROR")
-
-
-@dataclass
-class Config:
-    broker: BrokerConfig = field(default_factory=BrokerConfig)
-    model: ModelConfig = field(default_factory=ModelConfig)
-    storage: StorageConfig = field(default_factory=StorageConfig)
-    workers: WorkersConfig = field(default_factory=WorkersConfig)
-    limits: LimitsConfig = field(default_factory=LimitsConfig)
-    transcribe: TranscribeConfig = field(default_factory=TranscribeConfig)
-    events: EventsConfig = field(default_factory=EventsConfig)
-    control: ControlConfig = field(default_factory=ControlConfig)
-    metrics: MetricsConfig = field(default_factory=MetricsConfig)
-    api: ApiConfig = field(default_factory=ApiConfig)
-    logging: LoggingConfig = field(default_factory=LoggingConfig)
-    path: str | None = None
-
-    def to_dict(self) -> dict[str, Any]:
-        data = dataclasses.asdict(self)
-        data.pop("path")
-        return data
-
-
-def _type_ok(value: Any, kind: type) -> bool:
+def _type_ok(value: Any, kind: type | tuple[type, ...]) -> bool:
+    if isinstance(kind, tuple):
+        return any(_type_ok(value, k) for k in kind)
     if kind is float:
         return isinstance(value, (int, float)) and not isinstance(value, bool)
     if kind is int:
@@ -279,7 +96,14 @@ def _type_ok(value: Any, kind: type) -> bool:
     return isinstance(value, kind)
 
 
-_TYPE_NAMES = {str: "a string", int: "an integer", float: "a number", bool: "true or false", list: "a list"}
+_TYPE_NAMES: dict[Any, str] = {
+    str: "a string", int: "an integer", float: "a number", bool: "true or false", list: "a list",
+    (int, str): 'an integer or "auto"', (bool, str): 'true, false or "auto"',
+}  # fmt: skip
+_KINDS: dict[str, Any] = {
+    "str": str, "int": int, "float": float, "bool": bool, "list": list, "int | str": (int, str),
+    "bool | str": (bool, str),
+}  # fmt: skip
 
 
 def _build_section(name: str, cls: type, raw: Any) -> Any:
@@ -296,7 +120,7 @@ def checked_value(cls: type, fname: str, value: Any, prefix: str = "") -> Any:
     """``value`` for key ``fname`` of section ``cls`` after its type and range checks (floats as
     float), or ConfigError "<prefix><fname>: <why> (got ...)". Jobs reuse it for their options."""
     f = next(f for f in dataclasses.fields(cls) if f.name == fname)
-    kind = {"str": str, "int": int, "float": float, "bool": bool, "list": list}[f.type]
+    kind = _KINDS[f.type]
     shown = _shown(value)
     if not _type_ok(value, kind):
         raise ConfigError(f"{prefix}{fname}: must be {_TYPE_NAMES[kind]} (got {shown})")
@@ -312,6 +136,12 @@ def checked_value(cls: type, fname: str, value: Any, prefix: str = "") -> Any:
     if not math.isfinite(number):  # TOML has inf and nan; an integer of 400 digits overflows float()
         raise ConfigError(f"{prefix}{fname}: must be a finite number (got {shown})")
     return number
+
+
+def check_job_option(name: str, value: Any) -> Any:
+    """A job's guard option (``contract.GUARD_OPTIONS``) checked as its [transcribe] key is: the
+    ``check_option`` that ``contract.parse_job`` takes (the contract does not import the config)."""
+    return checked_value(TranscribeConfig, name, value)
 
 
 def _shown(value: Any) -> str:

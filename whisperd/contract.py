@@ -1,61 +1,65 @@
-"""The message contract: what a job looks like, what a completion looks like, and the error codes.
+"""The message contract: what a job looks like and what a completion looks like, parsed and built.
 
 This module is the single source of truth for the wire format; ``whisperd/schema/*.json``
-describes the same thing for producers, and tests check that the two agree. It imports no
-torch or whisper, so the supervisor and ``whisperd submit`` can use it.
+describes the same thing for producers, and tests check that the two agree. Its words and
+limits (statuses, formats, error codes, sizes) are named in ``whisperd.wire`` and re-exported
+here. It imports no torch or whisper, nor the configuration, so the supervisor and
+``whisperd submit`` can use it, and every module can import it without a cycle.
 """
 
 from __future__ import annotations
 
 import json
-import re
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
-FORMATS = ("json", "txt", "srt", "vtt", "tsv")  # whisper's writers; a job may ask for any of them
-TASK_ID_RE = re.compile(r"[A-Za-z0-9._-]{1,128}")
-# Whisper feeds only the last 223 prompt tokens to the decoder; a few KB is plenty for names and
-# spelling, and the prompt is stored with the job, so anything longer is refused.
-MAX_PROMPT_BYTES = 4096
-MAX_AUDIO_PATH_BYTES = 4096  # PATH_MAX
-TASKS = ("transcribe", "translate")
-DEFAULT_FORMATS = ("json", "txt")
-# Whisper's hallucination guards a job may set; absent or null = the [transcribe] default.
-GUARD_OPTIONS = (
-    "condition_on_previous_text", "no_speech_threshold", "compression_ratio_threshold",
-    "hallucination_silence_threshold",
-)  # fmt: skip
+# The vocabulary is whisperd.wire's; re-exported, so ``from whisperd.contract import X`` keeps working.
+from whisperd.wire import (
+    DEFAULT_FORMATS,
+    DEFAULT_MAX_JOB_BYTES,
+    DONE,
+    FAILED,
+    FORMATS,
+    GUARD_OPTIONS,
+    MAX_AUDIO_PATH_BYTES,
+    MAX_COMPLETION_BYTES,
+    MAX_PROMPT_BYTES,
+    PROCESSING,
+    STATUSES,
+    TASK_ID_RE,
+    TASKS,
+    ErrorCode,
+    unknown_formats,
+)
 
-DEFAULT_MAX_JOB_BYTES = 64 * 1024  # limits.max_job_bytes
-MAX_COMPLETION_BYTES = 16 * 2**20  # a completion carries the whole transcript
+__all__ = [
+    "DEFAULT_FORMATS",
+    "DEFAULT_MAX_JOB_BYTES",
+    "DONE",
+    "FAILED",
+    "FORMATS",
+    "GUARD_OPTIONS",
+    "MAX_AUDIO_PATH_BYTES",
+    "MAX_COMPLETION_BYTES",
+    "MAX_PROMPT_BYTES",
+    "PROCESSING",
+    "STATUSES",
+    "TASKS",
+    "TASK_ID_RE",
+    "Completion",
+    "ErrorCode",
+    "Job",
+    "JobError",
+    "OptionCheck",
+    "job_body",
+    "parse_job",
+    "peek_task_id",
+]
 
-DONE = "done"
-FAILED = "failed"
-PROCESSING = "processing"
-
-
-class ErrorCode:
-    """Stable machine-readable codes for ``error.code`` in a failed completion."""
-
-    INVALID_JOB = "invalid_job"
-    INVALID_TASK_ID = "invalid_task_id"
-    INVALID_AUDIO_PATH = "invalid_audio_path"
-    PATH_OUTSIDE_MEDIA_ROOT = "path_outside_media_root"
-    FILE_NOT_FOUND = "file_not_found"
-    FILE_UNREADABLE = "file_unreadable"
-    NOT_A_FILE = "not_a_file"
-    FILE_TOO_LARGE = "file_too_large"
-    EMPTY_FILE = "empty_file"
-    INVALID_AUDIO = "invalid_audio"
-    AUDIO_TOO_LONG = "audio_too_long"
-    UNSUPPORTED_LANGUAGE = "unsupported_language"
-    UNSUPPORTED_TASK = "unsupported_task"
-    UNSUPPORTED_FORMAT = "unsupported_format"
-    INVALID_OPTION = "invalid_option"
-    TRANSCRIPTION_FAILED = "transcription_failed"
-    ATTEMPTS_EXHAUSTED = "attempts_exhausted"
-    TASK_ID_CONFLICT = "task_id_conflict"
-    INVALID_HEADERS = "invalid_headers"
+OptionCheck = Callable[[str, Any], Any]
+"""``check(name, value)``: a job option's value as its [transcribe] key would take it, or ValueError
+saying why not (``functools.partial(config.checked_value, config.TranscribeConfig)``)."""
 
 
 class JobError(Exception):
@@ -167,12 +171,18 @@ def job_body(
 
 
 def parse_job(
-    raw: bytes, default_formats: tuple[str, ...] = DEFAULT_FORMATS, max_bytes: int = DEFAULT_MAX_JOB_BYTES
+    raw: bytes,
+    default_formats: tuple[str, ...] = DEFAULT_FORMATS,
+    max_bytes: int = DEFAULT_MAX_JOB_BYTES,
+    check_option: OptionCheck | None = None,
 ) -> Job:
     """Decode and validate a job body; raise JobError with the most specific code.
 
     The error carries the task id whenever one could be read, so the producer still gets
-    a completion for its task.
+    a completion for its task. ``check_option`` checks the guard options (GUARD_OPTIONS) a job
+    sets, as their [transcribe] keys are checked: the caller has the configuration (the pipeline
+    passes it). Without one, a job that sets a guard option is refused: no value a producer sent
+    goes to whisper unchecked.
     """
     body = _loads(raw, max_bytes)
     if not isinstance(body, dict):
@@ -203,7 +213,7 @@ def parse_job(
     formats = body.get("formats", list(default_formats))
     if not isinstance(formats, list) or not formats or not all(isinstance(f, str) for f in formats):
         raise fail(ErrorCode.UNSUPPORTED_FORMAT, f"formats must be a non-empty list from {list(FORMATS)}")
-    unknown = [f for f in formats if f not in FORMATS]
+    unknown = unknown_formats(formats)
     if unknown:
         raise fail(ErrorCode.UNSUPPORTED_FORMAT, f"unsupported formats {unknown}; choose from {list(FORMATS)}")
     word_timestamps = body.get("word_timestamps", False)
@@ -219,14 +229,14 @@ def parse_job(
             ErrorCode.INVALID_OPTION,
             f"initial_prompt is longer than {MAX_PROMPT_BYTES} bytes (whisper uses only its last 223 tokens)",
         )
-    from whisperd import config  # here, not at the top: config imports FORMATS from this module
-
     guards = {}
     for name in GUARD_OPTIONS:  # same type and range checks as the [transcribe] keys
         if body.get(name) is not None:
+            if check_option is None:
+                raise fail(ErrorCode.INVALID_OPTION, f"{name}: cannot be checked here (no [transcribe] keys)")
             try:
-                guards[name] = config.checked_value(config.TranscribeConfig, name, body[name])
-            except config.ConfigError as e:
+                guards[name] = check_option(name, body[name])
+            except ValueError as e:  # config.ConfigError is one
                 raise fail(ErrorCode.INVALID_OPTION, str(e)) from None
     return Job(
         task_id=task_id,

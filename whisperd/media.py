@@ -1,10 +1,10 @@
-"""Find a job's audio inside media_root and decode it with ffmpeg, never reading anything else.
+"""Find a job's audio inside media_root and decode it, never reading anything else.
 
 The path check happens twice: on the resolved path before opening, and on the path the
 kernel reports for the opened descriptor (``/proc/self/fd``), so a symlink swapped in between
-cannot lead outside. ffmpeg then reads that descriptor, runs without a shell, may only use the
-``file`` protocol and may only pick real audio/video demuxers, so a playlist or concat file
-cannot make it open other files.
+cannot lead outside. The worker's decoder helper (whisperd.decoder) then reads only that
+descriptor, with no protocol at all, and may only pick real audio/video demuxers, so a
+playlist or concat file cannot make it open other files.
 """
 
 from __future__ import annotations
@@ -12,19 +12,19 @@ from __future__ import annotations
 import errno
 import hashlib
 import os
-import re
 import stat
-import subprocess
-import threading
 from dataclasses import dataclass
-from typing import IO
 
 import numpy as np
 
+from whisperd import decoder
+from whisperd.config import Config, job_deadline_s
 from whisperd.contract import ErrorCode, JobError
+from whisperd.wire import SAMPLE_RATE
 
-SAMPLE_RATE = 16000
-DEMUXERS = "aac,ac3,aiff,amr,ape,asf,au,avi,caf,dts,eac3,flac,flv,matroska,mov,mp3,mpeg,mpegts,ogg,tta,w64,wav,wv"
+DEMUXERS = decoder.DEMUXERS  # the only demuxers the decoder may pick
+DAMAGE_WARNINGS = decoder.DAMAGE_WARNINGS
+CHUNK = 1 << 20
 
 
 @dataclass
@@ -123,91 +123,40 @@ def digest(media: MediaFile) -> str:
     return h.hexdigest()
 
 
-# ffmpeg warnings that mean the file is damaged rather than merely unusual: a cut-off upload
-# (WAV/MP3 shorter than their headers say) only shows up as one of these.
-DAMAGE_WARNINGS = re.compile(r"corrupt|truncat|do not match|partial file|premature|invalid", re.IGNORECASE)
-LOG_LINE = re.compile(r"^(?:\[[^]]* @ 0x[0-9a-f]+\] )?\[(\w+)\] (.*)$")
-
-
-def log_messages(stderr: str, fd: int) -> list[tuple[str | None, str]]:
-    """(level, text) of each line of ffmpeg's ``level+`` log, the /dev/fd/N prefix removed."""
-    out = []
-    for line in stderr.strip().splitlines():
-        m = LOG_LINE.match(line.strip())
-        level, text = m.groups() if m else (None, line.strip())
-        out.append((level, text.replace(f"/dev/fd/{fd}: ", "").strip()))
-    return out
-
-
-def damage(messages: list[tuple[str | None, str]]) -> str | None:
-    """The first sign of a damaged file among ffmpeg's log messages, or None."""
-    for level, text in messages:
-        if level in ("error", "fatal", "panic") or (level == "warning" and DAMAGE_WARNINGS.search(text)):
-            return text
-    return None
-
-
-STDERR_KEEP = 64 * 1024  # ffmpeg may log a line per damaged frame: keep the start, drop the rest
-CHUNK = 1 << 20
-
-
-def _drain(stream: IO[bytes], keep: bytearray) -> None:
-    """Read a pipe to its end, keeping only the first STDERR_KEEP bytes."""
-    while chunk := stream.read(CHUNK):
-        if len(keep) < STDERR_KEEP:
-            keep += chunk[: STDERR_KEEP - len(keep)]
+def decode_timeout_s(cfg: Config) -> float:
+    """The wall-clock limit of one decode in a worker: ``limits.decode_timeout_s`` unless it
+    is 0, else 10 s + 1 s per minute of ``limits.max_duration_s``; at most 80 %
+    of the job's time limit before its length is known, so a stuck decoder is stopped (the job
+    fails with invalid_audio) before the supervisor would kill the worker and its model."""
+    limits = cfg.limits
+    wanted = limits.decode_timeout_s or decoder.timeout_for(limits.max_duration_s)
+    return min(wanted, 0.8 * job_deadline_s(cfg, 0.0))
 
 
 def decode(media: MediaFile, max_duration_s: float, task_id: str | None = None, threads: int = 1) -> np.ndarray:
     """Decode to 16 kHz mono float32, as whisper.load_audio does, stopping past the length limit.
 
-    ffmpeg's ``-t`` trusts timestamps, so a file whose packets all claim time 0 would decode for
-    hours; the output is therefore read in chunks and ffmpeg is killed as soon as it passes
-    ``max_duration_s`` worth of samples. Memory stays within 6 bytes per allowed sample (the s16
+    The worker's decoder helper (whisperd.decoder) does the work, so no process starts per job.
+    Timestamps are not trusted (a file whose packets all claim time 0 would decode for hours):
+    decoding stops as soon as the output passes ``max_duration_s`` worth of samples, and a decode
+    that outlasts its deadline is killed. Memory stays within 6 bytes per allowed sample (the s16
     buffer and the float32 result).
 
-    A file ffmpeg can only partly decode (corrupt frames, a truncated upload) is refused rather
-    than transcribed in part: a silently shortened transcript is worse than a clear error.
+    A file libav can only partly decode (corrupt frames, a truncated upload) is refused rather
+    than transcribed in part: a silently shortened transcript is worse than a clear error. A file
+    that crashes or hangs the decoder fails alone; the next job gets a fresh helper.
     """
-    cmd = [
-        "ffmpeg", "-nostdin", "-hide_banner", "-nostats", "-loglevel", "level+warning", "-threads", str(threads),
-        "-protocol_whitelist", "file", "-format_whitelist", DEMUXERS,
-        "-t", f"{max_duration_s + 1:.3f}",
-        "-i", f"/dev/fd/{media.fd}",
-        "-vn", "-f", "s16le", "-ac", "1", "-acodec", "pcm_s16le", "-ar", str(SAMPLE_RATE), "-",
-    ]  # fmt: skip
-    limit = int(max_duration_s * SAMPLE_RATE) * 2
-    pcm, log_bytes = bytearray(), bytearray()
-    too_long = False
-    with subprocess.Popen(
-        cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, pass_fds=(media.fd,)
-    ) as proc:
-        assert proc.stdout is not None and proc.stderr is not None
-        logger = threading.Thread(target=_drain, args=(proc.stderr, log_bytes), daemon=True)
-        logger.start()
-        eof = False
-        try:
-            while chunk := proc.stdout.read1(CHUNK):
-                pcm += chunk
-                if len(pcm) > limit:
-                    too_long = True
-                    break
-            else:
-                eof = True
-        finally:
-            if not eof:  # over the limit, or an error here: ffmpeg may be blocked writing to us
-                proc.kill()
-            proc.wait()
-            logger.join()
-    if too_long:
-        raise JobError(ErrorCode.AUDIO_TOO_LONG, f"audio is longer than the limit of {max_duration_s:.0f} s", task_id)
-    messages = log_messages(log_bytes.decode(errors="replace"), media.fd)
-    problem = damage(messages)
-    if proc.returncode != 0:
-        detail = problem or (messages[-1][1] if messages else f"ffmpeg exit code {proc.returncode}")
-        raise JobError(ErrorCode.INVALID_AUDIO, f"cannot decode audio: {detail}", task_id)
-    if problem:
-        raise JobError(ErrorCode.INVALID_AUDIO, f"the audio file is damaged or truncated: {problem}", task_id)
+    max_samples = int(max_duration_s * SAMPLE_RATE)
+    try:
+        pcm = decoder.shared().decode(media.fd, max_samples, threads)
+    except decoder.DecodeFailure as e:
+        if e.kind == "too_long":
+            message, code = f"audio is longer than the limit of {max_duration_s:.0f} s", ErrorCode.AUDIO_TOO_LONG
+        elif e.kind == "damaged":
+            message, code = f"the audio file is damaged or truncated: {e.detail}", ErrorCode.INVALID_AUDIO
+        else:
+            message, code = f"cannot decode audio: {e.detail}", ErrorCode.INVALID_AUDIO
+        raise JobError(code, message, task_id) from None
     samples = np.frombuffer(pcm, np.int16)
     if samples.size == 0:
         raise JobError(ErrorCode.INVALID_AUDIO, "the file contains no audio", task_id)

@@ -20,7 +20,7 @@ MODEL_DISK_MB = {
     "medium": 1528, "medium.en": 1528, "large-v1": 3087, "large-v2": 3087, "large-v3": 3087, "large": 3087,
     "large-v3-turbo": 1620, "turbo": 1620,
 }  # fmt: skip
-RUNTIME_MB = 1024  # interpreter, torch, ffmpeg pipes, allocator slack
+RUNTIME_MB = 1024  # interpreter, torch, decoded chunks in flight, allocator slack
 MODEL_FACTOR = 3  # fp16 checkpoint read (1x) while the fp32 model (2x) is built
 AUDIO_MB_PER_S = 0.6  # decoded audio + whole-file STFT/mel, measured ~0.35-0.55 MB/s on CPU
 

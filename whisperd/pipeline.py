@@ -12,12 +12,32 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Protocol
+
+import numpy as np
 
 from whisperd import media
-from whisperd.config import Config
+from whisperd.config import Config, TranscribeConfig, check_job_option
 from whisperd.contract import DONE, Completion, ErrorCode, Job, JobError, parse_job, peek_task_id
 from whisperd.results import AudioIdentity, ResultStore
-from whisperd.transcriber import Transcriber
+from whisperd.transcript import Transcript
+
+
+class Transcribing(Protocol):
+    """What the pipeline needs of a transcriber (``whisperd.transcriber.Transcriber`` in a worker,
+    a fake in the unit tier): refuse a job early, transcribe it, and the job thread count."""
+
+    threads: int  # read for the decoder; set when the supervisor moves threads
+
+    def check(self, job: Job) -> None: ...
+
+    def transcribe(
+        self,
+        audio: np.ndarray,
+        job: Job,
+        settings: TranscribeConfig | None = None,
+        progress: Callable[[float], None] | None = None,
+    ) -> Transcript: ...
 
 
 @dataclass
@@ -35,7 +55,7 @@ class Outcome:
 
 class Pipeline:
     def __init__(
-        self, cfg: Config, transcriber: Transcriber, store: ResultStore, worker_name: str, log: logging.LoggerAdapter
+        self, cfg: Config, transcriber: Transcribing, store: ResultStore, worker_name: str, log: logging.LoggerAdapter
     ) -> None:
         self.cfg = cfg
         self.log = log
@@ -45,7 +65,7 @@ class Pipeline:
 
     @property
     def threads(self) -> int:
-        """The job's thread count, for ffmpeg as for the model: kept once, in the transcriber."""
+        """The job's thread count, for the decoder as for the model: kept once, in the transcriber."""
         return self.transcriber.threads
 
     def set_threads(self, threads: int) -> None:
@@ -61,7 +81,7 @@ class Pipeline:
         fraction)`` as the engine gets through it (the caller throttles)."""
         started = time.monotonic()
         try:
-            job = parse_job(body, tuple(self.cfg.transcribe.formats), self.cfg.limits.max_job_bytes)
+            job = parse_job(body, tuple(self.cfg.transcribe.formats), self.cfg.limits.max_job_bytes, check_job_option)
         except JobError as e:
             return self._failed(e, started)
         try:
@@ -118,20 +138,19 @@ class Pipeline:
     ) -> Completion:
         self.transcriber.check(job)
         with self._open(job) as f:
-            identity = AudioIdentity(f.size, media.digest(f))  # hashed once, before ffmpeg reads it
+            identity = AudioIdentity(f.size, media.digest(f))  # hashed once, before the decoder reads it
             audio = media.decode(f, self.cfg.limits.max_duration_s, job.task_id, self.threads)
         duration = len(audio) / media.SAMPLE_RATE
         if on_started:
             on_started(job, duration)
         try:
             progress = functools.partial(on_progress, job, duration) if on_progress else None
-            result = self.transcriber.transcribe(audio, job, self.cfg.transcribe, progress)
+            transcript = self.transcriber.transcribe(audio, job, self.cfg.transcribe, progress)
         except (MemoryError, JobError):
             raise
         except Exception as e:  # a model error on this input: report it, keep serving
             self.log.exception("task %s: transcription failed", job.task_id)
             raise JobError(ErrorCode.TRANSCRIPTION_FAILED, f"transcription failed: {e}", job.task_id) from e
-        speech_s = result.pop("speech_s", None)  # the speech gate's figure: for the completion, not the files
         stored = self.store.lookup(job, lambda: identity)
         if stored is not None:
             # Another worker finished this job while this one ran it (the broker requeued it, e.g.
@@ -139,17 +158,17 @@ class Pipeline:
             self.log.info("task %s: transcribed again, but another worker stored it first; keeping that result",
                           job.task_id)  # fmt: skip
             return stored
-        paths = self.store.write(job.task_id, result, job.formats)
+        paths = self.store.write(job.task_id, transcript.to_whisper_dict(), job.formats)
         completion = Completion(
             task_id=job.task_id,
             status=DONE,
-            text=result["text"].strip(),
-            language=result.get("language"),
+            text=transcript.text.strip(),
+            language=transcript.language,
             duration_s=round(duration, 3),
             processing_s=round(time.monotonic() - started, 3),
             results=paths,
             worker=self.worker_name,
-            speech_s=speech_s,
+            speech_s=transcript.speech_s,  # the speech gate's figure: for the completion, not the files
         )
         self.store.commit(job, completion, identity)
         self.log.info(

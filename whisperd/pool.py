@@ -18,78 +18,16 @@ import os
 import socket
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from enum import Enum, StrEnum
 from typing import Any
 
 from whisperd.config import Config
+from whisperd.lifecycle import TRANSITIONS, ExitReason, Phase, reason_from_exit
 from whisperd.reporting import WorkerReport, WorkerState
 from whisperd.retry import Backoff
 
 CRASH_BACKOFF = Backoff(first=1.0, limit=60.0)  # 1, 2, 4 ... 60 s between restarts of a crashing slot
 STABLE_AFTER_S = 60.0  # a worker up this long was healthy: its death restarts the backoff
 GPU_WAIT_S = 30.0  # how long a slot waits before asking for free GPU memory again
-
-
-class Phase(Enum):
-    """Where a worker process is in its life, from the supervisor's side."""
-
-    STARTING = "starting"  # forked, loading its model
-    RUNNING = "running"  # reported ready: serving, or reconnecting to the broker
-    STOPPING = "stopping"  # asked to exit (SIGTERM: after its job; SIGQUIT: at once)
-    KILLED = "killed"  # sent SIGKILL
-    EXITED = "exited"  # reaped
-
-
-TRANSITIONS: dict[Phase, set[Phase]] = {
-    Phase.STARTING: {Phase.RUNNING, Phase.STOPPING, Phase.KILLED, Phase.EXITED},
-    Phase.RUNNING: {Phase.STOPPING, Phase.KILLED, Phase.EXITED},
-    Phase.STOPPING: {Phase.KILLED, Phase.EXITED},
-    Phase.KILLED: {Phase.EXITED},
-    Phase.EXITED: set(),
-}
-
-
-class ExitReason(StrEnum):
-    """Why a worker exits, decided by whoever ends it; the value is the metrics label."""
-
-    # Retired on purpose: its slot is not refilled, and it is not a restart.
-    STOP = "stop"
-    SCALED_DOWN = "scaled_down"
-    REPLACED = "replaced_after_reload"
-    # Recycled: a planned replacement, counted as a restart.
-    RECYCLED_MEMORY = "recycled_memory"
-    RECYCLED_MAX_JOBS = "recycled_max_jobs"
-    # Killed by the supervisor.
-    READY_TIMEOUT = "ready_timeout"
-    HEARTBEAT_TIMEOUT = "heartbeat_timeout"
-    JOB_TIMEOUT = "job_timeout"
-    MEMORY_HARD_LIMIT = "memory_hard_limit"
-    # Its own doing.
-    CRASHED = "crashed"
-    BOOT_FAILED = "boot_failed"
-
-    @property
-    def retired(self) -> bool:
-        """Asked to go for good: the pool no longer counts it."""
-        return self in (ExitReason.STOP, ExitReason.SCALED_DOWN, ExitReason.REPLACED)
-
-    @property
-    def expected(self) -> bool:
-        """An exit the supervisor asked for or the worker announced: no failure, no backoff."""
-        return self.retired or self in (ExitReason.RECYCLED_MEMORY, ExitReason.RECYCLED_MAX_JOBS)
-
-    @property
-    def kill(self) -> bool:
-        """The supervisor killed it (stuck or too big)."""
-        return self in (
-            ExitReason.READY_TIMEOUT, ExitReason.HEARTBEAT_TIMEOUT, ExitReason.JOB_TIMEOUT,
-            ExitReason.MEMORY_HARD_LIMIT,
-        )  # fmt: skip
-
-    @property
-    def restart_label(self) -> str | None:
-        """The ``whisperd_worker_restarts`` label, or None when the worker is not replaced."""
-        return None if self.retired else self.value
 
 
 @dataclass
@@ -104,7 +42,7 @@ class WorkerProc:
     last_seen: float = 0.0
     report: WorkerReport = field(default_factory=WorkerReport)
     phase: Phase = Phase.STARTING
-    ready_at: float | None = None
+    ready_at: float | None = None  # when it first reported ready (set by mark_ready only)
     exit_reason: ExitReason | None = None
     why: str = ""  # the exit reason in words, for the log
     rss_mb: float = 0.0
@@ -124,6 +62,13 @@ class WorkerProc:
             if self.exit_reason is None or not self.exit_reason.retired:
                 self.exit_reason, self.why = reason, why
         self.phase = phase
+
+    def mark_ready(self, now: float) -> None:
+        """Its first ready report: a starting worker is running from now (a retiring one stays retiring)."""
+        if self.ready_at is None:
+            self.ready_at = now
+            if self.phase is Phase.STARTING:
+                self.change_phase(Phase.RUNNING)
 
     @property
     def ready(self) -> bool:
@@ -335,12 +280,7 @@ def judge_exit(
 
     ``exit_code`` is None when a signal ended it; ``how`` says so in words for the slot's error.
     """
-    reason = w.exit_reason
-    if reason is None:
-        if exit_code == 0:
-            reason = ExitReason.RECYCLED_MAX_JOBS  # the worker recycles itself after workers.max_jobs
-        else:
-            reason = ExitReason.CRASHED if w.ready else ExitReason.BOOT_FAILED
+    reason = w.exit_reason or reason_from_exit(exit_code, w.ready)
     if reason.expected:
         return ExitVerdict(reason, slot)
     failed_start = not w.ready

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from whisperd.pool import ExitReason, Phase, WorkerProc
+from whisperd.lifecycle import ExitReason, Phase, SupervisorState
+from whisperd.pool import WorkerProc
 from whisperd.reporting import BrokerState, QueueDepths, WorkerReport, WorkerState
 
 
@@ -34,7 +35,7 @@ class WorkerView:
 
 @dataclass(frozen=True)
 class PoolSnapshot:
-    state: str  # the supervisor's: starting, running, reloading, stopping
+    state: SupervisorState
     config: str | None  # the daemon's config file, as an absolute path
     job_queue: str
     workers_wanted: int

@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 from faster_whisper.vad import VadOptions, get_speech_timestamps
 
-SAMPLE_RATE = 16000
+from whisperd.wire import SAMPLE_RATE
 
 
 class Timeline:

@@ -22,7 +22,8 @@ from tqdm import tqdm
 
 from whisperd import broker
 from whisperd.config import Config
-from whisperd.contract import DONE, FAILED, FORMATS, PROCESSING, Completion, JobError, job_body
+from whisperd.contract import Completion, JobError, job_body
+from whisperd.wire import FAILED, FINAL, FORMATS, LABELS, PROCESSING, QUEUED
 
 SUBMIT_DIR = "submitted"
 PUBLISH_RETRY_S = 120.0  # how long a job is offered to the cluster's nodes before submit gives up
@@ -97,7 +98,7 @@ def submit(
                 return 3
             submitted.append(Submitted(task_id, source, audio_path))
             if not quiet:
-                print(f"{task_id}\t{source}\tEn proceso", file=sys.stderr if wait else sys.stdout, flush=True)
+                print(f"{task_id}\t{source}\t{LABELS[QUEUED]}", file=sys.stderr if wait else sys.stdout, flush=True)
         if not wait:
             return 0
         results = Results(cfg.storage.results_dir, output)
@@ -130,7 +131,7 @@ def printable(value: object) -> str:
 
 
 class Progress:
-    """One tqdm bar per file: queued, then "En curso" when a worker starts it, then done or failed.
+    """One tqdm bar per file: queued, then LABELS[PROCESSING] when a worker starts it, then done or failed.
 
     With ``events.progress`` the worker's processing events carry the share of the audio done
     (every few seconds), and the bar follows it; otherwise it fills when its file is finished.
@@ -142,7 +143,7 @@ class Progress:
         self.bars = {
             s.task_id: tqdm(
                 total=PROGRESS_STEPS,
-                desc=self._desc(s.task_id, "En proceso (queued)"),
+                desc=self._desc(s.task_id, f"{LABELS[QUEUED]} ({QUEUED})"),
                 position=i,
                 bar_format="{desc} |{bar:20}| {elapsed}",
                 disable=not self.enabled(enabled),
@@ -166,7 +167,7 @@ class Progress:
             bar.update(max(0, min(PROGRESS_STEPS - 1, round(progress * PROGRESS_STEPS)) - bar.n))
         audio = f" {duration:.1f} s audio" if duration is not None else ""
         done = f" {bar.n / PROGRESS_STEPS:.0%}" if bar.n else ""
-        bar.set_description_str(self._desc(task_id, f"En curso:{audio}{done}"))
+        bar.set_description_str(self._desc(task_id, f"{LABELS[PROCESSING]}:{audio}{done}"))
 
     def finished(self, task_id: str, c: Completion) -> None:
         bar = self.bars[task_id]
@@ -209,7 +210,7 @@ def _wait(
                 task_id = props.correlation_id or completion.task_id or ""
                 if task_id in pending and completion.status == PROCESSING:
                     bars.started(task_id, completion)
-                elif task_id in pending and completion.status in (DONE, FAILED):
+                elif task_id in pending and completion.status in FINAL:
                     item = pending.pop(task_id)
                     failures += completion.status == FAILED
                     bars.finished(task_id, completion)

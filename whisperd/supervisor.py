@@ -4,7 +4,8 @@ Modelled on gunicorn's arbiter: signal handlers only queue the signal (``signal.
 wakes the loop); one loop reaps children, handles queued signals through ``handle_<name>``
 methods, and applies what the policies in ``whisperd.pool`` decide: kill what is stuck or too
 big, spawn or retire workers to match the configuration. Every decision is made in ``pool``;
-this module does the effects: signals, forks, logs, systemd.
+this module does the effects: signals, forks, logs, systemd, with ``wakeup`` (the sleep),
+``children`` (fork, reap), ``resources`` (RSS, GPU), ``reload`` and ``outlets`` (status, metrics).
 
 It never imports torch and never touches CUDA, so every worker is forked from a clean process
 and loads its own model after the fork.
@@ -20,36 +21,33 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
-import select
 import signal
-import socket
-import sys
 import time
-from typing import Any
 
-import psutil
 from setproctitle import setproctitle
 
-from whisperd import config as config_mod
-from whisperd import control, logs, metrics, models, pool
-from whisperd.config import Config, ConfigError
+from whisperd import children, control, layout, logs, metrics, pool, reload
+from whisperd.config import Config
 from whisperd.gpu import Gpus
+from whisperd.lifecycle import SUPERVISOR_TRANSITIONS, ExitReason, Phase, SupervisorState
 from whisperd.memory import hard_rss_limit_mb
 from whisperd.notify import Notifier
-from whisperd.pool import ExitReason, Phase, Slot, WorkerProc
+from whisperd.outlets import Outlets
+from whisperd.pool import Slot, WorkerProc
 from whisperd.reporting import WorkerSettings, read_reports, send_settings
+from whisperd.resources import ResourceWatch
 from whisperd.snapshot import PoolSnapshot, view
+from whisperd.wakeup import Wakeup
 
 log = logging.getLogger("whisperd.supervisor")
 
 QUIT_GRACE_S = 10.0
-MEMORY_CHECK_EVERY_S = 1.0
 SPAWN_RETRY_S = 5.0
 
 
 def threads_for(cfg: Config) -> int:
     """workers.threads, or the cores this process may use split evenly over the workers."""
-    return pool.threads_for(cfg, len(os.sched_getaffinity(0)))
+    return pool.threads_for(cfg, layout.cpu_cores())
 
 
 class Supervisor:
@@ -62,55 +60,54 @@ class Supervisor:
     }
 
     def __init__(self, cfg: Config) -> None:
-        self.cfg = cfg
+        self.gpus = Gpus()
+        self.cfg, self.layout = layout.resolve(cfg, self.gpus.count)
         self.generation = 0
         self.previous: Config | None = None  # to roll back a reload whose workers cannot start
         self.workers: dict[int, WorkerProc] = {}
         self.slots: dict[int, Slot] = {}
-        self.sig_queue: list[int] = []
+        self.wakeup = Wakeup(self.SIGNALS)
         self.notifier = Notifier()
-        self.gpus = Gpus()
-        self.state = "starting"
+        self.state = SupervisorState.STARTING
         self.stop_deadline = 0.0
         self.exit_code = 0
         self.done_by_exited = 0
         self.failed_by_exited = 0
         self.restarts = 0
-        self._last_memory_check = 0.0
-        self._gpu_checked, self._gpu_mb = 0.0, {}
-        self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
-        self.control = control.ControlServer(control.socket_path(cfg))
-        self._control_waiting = False
-        self.metrics: metrics.NullMetrics | metrics.Metrics = metrics.NullMetrics()
+        self.resources = ResourceWatch(self.gpus)
+        self.outlets = Outlets(control.socket_path(cfg))  # `whisperd status` and the metrics
+
+    def _change_state(self, state: SupervisorState) -> None:
+        """The one way the supervisor's own state moves (lifecycle.SUPERVISOR_TRANSITIONS)."""
+        if state not in SUPERVISOR_TRANSITIONS[self.state]:
+            raise ValueError(f"supervisor: no transition {self.state.name} -> {state.name}")
+        self.state = state
 
     # -- main loop ------------------------------------------------------------------------------
 
     def run(self) -> int:
-        for sig in self.SIGNALS:
-            signal.signal(sig, self._queue_signal)
-        signal.set_wakeup_fd(self._wake_w)
+        self.wakeup.install()
         log.info(
-            "whisperd starting: %d workers, model %s, queue %s, %d threads per worker, memory ceiling %s",
-            self.cfg.workers.count, self.cfg.model.name, self.cfg.broker.job_queue, threads_for(self.cfg),
-            f"{self.hard_rss_mb} MB" if self.hard_rss_mb else "off",
+            "whisperd starting: %d workers (%s), model %s, queue %s, %d threads per worker, memory ceiling %s",
+            self.cfg.workers.count, self.layout.why, self.cfg.model.name, self.cfg.broker.job_queue,
+            threads_for(self.cfg),
+            f"{hard_rss_limit_mb(self.cfg)} MB" if hard_rss_limit_mb(self.cfg) else "off",
         )  # fmt: skip
         self.notifier.status("starting workers")
         try:
-            self.metrics = metrics.start(self.cfg.metrics.listen)
+            self.outlets.open(self.cfg.metrics.listen)
         except metrics.MetricsError as e:
             log.critical("%s", e)
             return 1
-        self.control.open()
         try:
-            while self.state != "exited":
+            while self.state is not SupervisorState.EXITED:
                 self._title()
                 self._sleep()
                 self._read_reports()
-                while self.sig_queue:
-                    name = self.SIGNALS[self.sig_queue.pop(0)]
-                    getattr(self, f"handle_{name}")()
+                while (sig := self.wakeup.pop()) is not None:
+                    getattr(self, f"handle_{self.SIGNALS[sig]}")()
                 self.reap()
-                if self.state == "stopping":
+                if self.state is SupervisorState.STOPPING:
                     self._drain_step()
                 else:
                     self._supervise()
@@ -120,18 +117,14 @@ class Supervisor:
             self._kill_all(signal.SIGKILL)
             return 1
         finally:
-            self.control.close()
-            self.metrics.close()
+            self.outlets.close()
         return self.exit_code
 
     def _supervise(self) -> None:
         """One pass of the policies: kill what is stuck or too big, then match the configuration."""
         now = time.monotonic()
         self._apply(pool.find_stuck(self.workers.values(), self.cfg, now, time.time()))
-        if now - self._last_memory_check >= MEMORY_CHECK_EVERY_S:
-            self._last_memory_check = now
-            self._measure_rss()
-            self._apply(pool.check_memory(self.workers.values(), self.cfg.workers.max_rss_mb, self.hard_rss_mb))
+        self._apply(self.resources.memory_actions(self.workers.values(), self.cfg, now))
         if not pool.old_generation_left(self.workers.values(), self.generation):
             self.previous = None  # the reload is complete: nothing left to roll back to
         self._apply(
@@ -140,45 +133,14 @@ class Supervisor:
 
     def _publish(self, snap: PoolSnapshot) -> None:
         """Hand the pass's snapshot to systemd, the metrics and any waiting `whisperd status`."""
-        if self.state in ("starting", "reloading", "running"):
+        if self.state in (SupervisorState.STARTING, SupervisorState.RELOADING, SupervisorState.RUNNING):
             self._notify_progress(snap)
-        self.metrics.update(snap)
-        if self._control_waiting:
-            self._control_waiting = False
-            self.control.serve(lambda: control.status_document(snap, self.control.path))
-
-    def _queue_signal(self, signum: int, frame: Any) -> None:
-        if len(self.sig_queue) < 10:
-            self.sig_queue.append(signum)
+        self.outlets.publish(snap)
 
     def _sleep(self) -> None:
-        """Wait up to a second for a signal, a report or a status client.
-
-        poll(), not select(): select() cannot take a descriptor above 1023, which a worker's
-        socket gets as soon as something else in the process holds many.
-        """
-        if self.sig_queue:
-            return
-        poller = select.poll()
-        poller.register(self._wake_r, select.POLLIN)
-        for w in self.workers.values():
-            if w.sock is not None:
-                poller.register(w.sock, select.POLLIN)
-        control_fd = self.control.sock.fileno() if self.control.sock is not None else -1
-        if control_fd >= 0:
-            poller.register(control_fd, select.POLLIN)
-        try:
-            ready = {fd for fd, _ in poller.poll(1000)}
-        except InterruptedError:
-            return
-        if control_fd in ready:
-            self._control_waiting = True  # answered at the end of this pass, from its snapshot
-        if self._wake_r in ready:
-            try:
-                while os.read(self._wake_r, 4096):
-                    pass
-            except BlockingIOError:
-                pass
+        """Wait up to a second for a signal, a report or a status client."""
+        fds = [w.sock.fileno() for w in self.workers.values() if w.sock is not None]
+        self.outlets.woke(self.wakeup.wait(fds + self.outlets.fds()))
 
     def _read_reports(self) -> None:
         now = time.monotonic()
@@ -189,17 +151,15 @@ class Supervisor:
             w.last_seen = now
             for r in reports:  # each report is whole: the last one is the worker's state
                 w.report = r
-                self.metrics.on_report(w.pid, r)
+                self.outlets.metrics.on_report(w.pid, r)
             if not w.ready and w.report.state.ready:
-                w.ready_at = now
-                if w.phase is Phase.STARTING:
-                    w.change_phase(Phase.RUNNING)
+                w.mark_ready(now)
                 self.slots[w.slot] = dataclasses.replace(self.slots.get(w.slot, Slot()), boot_failures=0)
                 log.info("worker %d (pid %d) ready in %.1f s", w.slot, w.pid, now - w.started)
 
     def _title(self) -> None:
         n = sum(1 for w in self.workers.values() if w.counted)
-        suffix = "" if self.state in ("running", "starting") else f" {self.state}"
+        suffix = "" if self.state in (SupervisorState.RUNNING, SupervisorState.STARTING) else f" {self.state}"
         setproctitle(f"whisperd: supervisor [{n} workers]{suffix}")
 
     # -- signals --------------------------------------------------------------------------------
@@ -218,39 +178,35 @@ class Supervisor:
 
     def handle_hup(self) -> None:
         """Re-read the config: scale to the new count, roll workers whose settings changed."""
-        if self.state == "stopping":
+        if self.state is SupervisorState.STOPPING:
             return
         self.notifier.reloading()
         log.info("reloading configuration from %s", self.cfg.path)
         try:
-            new = config_mod.load(self.cfg.path)
-        except ConfigError as e:
+            new = reload.read_config(self.cfg.path)
+        except reload.ReloadRefused as e:
             log.error("reload failed, keeping the running configuration: %s", e)
             self.notifier.ready(self.snapshot().status_text())
             return
-        if missing := models.missing_reason(new.model):
-            log.error("reload failed, keeping the running configuration: %s", missing)
-            self.notifier.ready(self.snapshot().status_text())
-            return
         logs.set_level(new.logging.level)
-        plan = pool.plan_reload(self.cfg, new, len(os.sched_getaffinity(0)))
-        if plan.replace_workers:
+        change = reload.plan(self.cfg, new, self.gpus.count, layout.cpu_cores())
+        if change.plan.replace_workers:
             self.previous = self.cfg
             self.generation += 1
             log.info("worker settings changed: replacing workers one at a time")
-        self.cfg = new
-        if plan.threads is not None:
+        self.cfg, self.layout = change.cfg, change.layout
+        if change.plan.threads is not None:
             for w in self.workers.values():
                 if w.sock is not None:
-                    send_settings(w.sock, WorkerSettings(threads=plan.threads))
-        self.state = "reloading"
+                    send_settings(w.sock, WorkerSettings(threads=change.plan.threads))
+        self._change_state(SupervisorState.RELOADING)
 
     # -- stop -----------------------------------------------------------------------------------
 
     def stop(self, graceful: bool) -> None:
-        if self.state == "stopping" and graceful:
+        if self.state is SupervisorState.STOPPING and graceful:
             return
-        self.state = "stopping"
+        self._change_state(SupervisorState.STOPPING)
         drain = self.cfg.workers.drain_timeout if graceful else QUIT_GRACE_S
         self.stop_deadline = time.monotonic() + drain
         self.notifier.stopping(drain + 5)
@@ -263,14 +219,14 @@ class Supervisor:
         self.notifier.status(f"stopping, {busy} jobs draining")
         for w in self.workers.values():
             fast = not graceful or not w.ready
-            self._signal(w, signal.SIGQUIT if fast else signal.SIGTERM)
+            children.send_signal(w.pid, signal.SIGQUIT if fast else signal.SIGTERM)
             if w.phase in (Phase.STARTING, Phase.RUNNING):
                 w.change_phase(Phase.STOPPING, ExitReason.STOP, "stop")
 
     def _drain_step(self) -> None:
         if not self.workers:
             log.info("all workers stopped; exiting")
-            self.state = "exited"
+            self._change_state(SupervisorState.EXITED)
             return
         if time.monotonic() >= self.stop_deadline:
             for w in self.workers.values():
@@ -284,17 +240,11 @@ class Supervisor:
 
     def _kill_all(self, sig: int) -> None:
         for w in list(self.workers.values()):
-            self._signal(w, sig)
+            children.send_signal(w.pid, sig)
         deadline = time.monotonic() + 5
         while self.workers and time.monotonic() < deadline:
             self.reap()
             time.sleep(0.05)
-
-    def _signal(self, w: WorkerProc, sig: int) -> None:
-        try:
-            os.kill(w.pid, sig)
-        except ProcessLookupError:
-            pass
 
     # -- actions --------------------------------------------------------------------------------
 
@@ -321,42 +271,23 @@ class Supervisor:
             if isinstance(action, pool.Kill):
                 log.error("worker %d (pid %d): %s; killing it", w.slot, w.pid, action.why)
                 w.change_phase(Phase.KILLED, action.reason, action.why)
-                self._signal(w, signal.SIGKILL)
+                children.send_signal(w.pid, signal.SIGKILL)
             elif action.reason is ExitReason.RECYCLED_MEMORY:
                 log.warning("worker %d (pid %d): %s; recycling it after its job", w.slot, w.pid, action.why)
                 w.change_phase(Phase.STOPPING, action.reason, "recycled for memory")
-                self._signal(w, signal.SIGTERM)
+                children.send_signal(w.pid, signal.SIGTERM)
             else:
                 log.info("worker %d (pid %d): %s; it finishes its job first", w.slot, w.pid, action.why)
                 w.change_phase(Phase.STOPPING, action.reason, action.why)
-                self._signal(w, signal.SIGTERM if w.ready else signal.SIGQUIT)
+                children.send_signal(w.pid, signal.SIGTERM if w.ready else signal.SIGQUIT)
 
     def _gpu_room(self, slot: int) -> bool:
-        device = self.gpus.device_for(slot, self.cfg.model.device)
-        return self.gpus.has_room(device, self.cfg.model.device, self.cfg.model.name)
-
-    def _measure_rss(self) -> None:
-        for w in list(self.workers.values()):
-            try:
-                w.rss_mb = psutil.Process(w.pid).memory_info().rss / 2**20
-            except (psutil.Error, OSError):  # OSError: no descriptor left to read /proc with (EMFILE)
-                continue
-
-    @property
-    def hard_rss_mb(self) -> int:
-        """The RSS at which a worker is killed at once (workers.hard_rss_mb, derived when -1)."""
-        return hard_rss_limit_mb(self.cfg)
+        return self.resources.gpu_room(slot, self.cfg)
 
     # -- children -------------------------------------------------------------------------------
 
     def reap(self) -> None:
-        while True:
-            try:
-                pid, status = os.waitpid(-1, os.WNOHANG)
-            except ChildProcessError:
-                return
-            if pid == 0:
-                return
+        for pid, status in children.reaped():
             w = self.workers.pop(pid, None)
             if w is not None:
                 self._worker_exited(w, status)
@@ -367,14 +298,14 @@ class Supervisor:
             w.sock = None
         self.done_by_exited += w.jobs_done
         self.failed_by_exited += w.jobs_failed
-        how = describe_status(status)
+        how = children.describe_status(status)
         slot = self.slots.get(w.slot, Slot())
         verdict = pool.judge_exit(
             w, pool.exit_code_of(status), how, slot, self.cfg.workers.boot_attempts, time.monotonic()
         )
         w.change_phase(Phase.EXITED)
-        stopping = self.state == "stopping"
-        self.metrics.worker_exited(w.pid, w.slot, None if stopping else verdict.reason.restart_label)
+        stopping = self.state is SupervisorState.STOPPING
+        self.outlets.metrics.worker_exited(w.pid, w.slot, None if stopping else verdict.reason.restart_label)
         if stopping:
             log.info("worker %d (pid %d) stopped (%s)", w.slot, w.pid, how)
             return
@@ -421,56 +352,26 @@ class Supervisor:
         self.exit_code = 1
 
     def spawn(self, slot: int) -> None:
-        threads = threads_for(self.cfg)
         device = self.gpus.device_for(slot, self.cfg.model.device)
-        parent_sock, child_sock = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
-        sys.stderr.flush()
-        try:
-            pid = os.fork()
-        except OSError:
-            parent_sock.close()
-            child_sock.close()
-            raise
-        if pid:
-            child_sock.close()
-            parent_sock.setblocking(False)
-            self.workers[pid] = WorkerProc(pid, slot, parent_sock, self.generation, started=time.monotonic())
-            log.debug("spawned worker %d (pid %d)", slot, pid)
-            return
-        code = 1
-        try:
-            parent_sock.close()
-            self._become_worker()
-            from whisperd.worker import Worker
-
-            code = Worker(self.cfg, slot, threads, child_sock, device).run()
-        except BaseException:
-            log.exception("worker %d crashed", slot)
-        finally:
-            logging.shutdown()
-            os._exit(code)
+        w = children.fork_worker(self.cfg, slot, threads_for(self.cfg), device, self.generation, self._become_worker)
+        self.workers[w.pid] = w
 
     def _become_worker(self) -> None:
         """In the child: drop everything that belongs to the supervisor."""
-        signal.set_wakeup_fd(-1)
-        for sig in self.SIGNALS:
-            signal.signal(sig, signal.SIG_DFL)
-        os.close(self._wake_r)
-        os.close(self._wake_w)
+        self.wakeup.close_in_child()
         for w in self.workers.values():
             if w.sock is not None:
                 w.sock.close()
         self.workers = {}
         self.notifier.close_in_child()
-        self.control.close_in_child()
-        self.metrics.close_in_child()
+        self.outlets.close_in_child()
 
     # -- reporting ------------------------------------------------------------------------------
 
     def snapshot(self, gpu: bool = False) -> PoolSnapshot:
         """The pool now; with ``gpu``, each worker's GPU memory too (one NVML query)."""
         now = time.monotonic()
-        gpu_mb = self._gpu_memory() if gpu and self.gpus.count else None
+        gpu_mb = self.resources.gpu_memory(now) if gpu and self.gpus.count else None
         live = sorted(self.workers.values(), key=lambda w: (w.slot, w.started))
         return PoolSnapshot(
             state=self.state,
@@ -483,29 +384,16 @@ class Supervisor:
             restarts=self.restarts,
         )
 
-    def _gpu_memory(self) -> dict[int, int]:
-        """Each worker's GPU memory by pid, asked of NVML at most once a second."""
-        now = time.monotonic()
-        if now - self._gpu_checked >= 1.0:
-            self._gpu_checked, self._gpu_mb = now, self.gpus.process_memory_mb()
-        return self._gpu_mb
-
     def _notify_progress(self, snap: PoolSnapshot) -> None:
         target = self.cfg.workers.count
-        if self.state in ("starting", "reloading") and pool.all_ready(self.workers.values(), target, self.generation):
-            if self.state == "starting":
+        settling = self.state in (SupervisorState.STARTING, SupervisorState.RELOADING)
+        if settling and pool.all_ready(self.workers.values(), target, self.generation):
+            if self.state is SupervisorState.STARTING:
                 log.info("all %d workers ready", target)
             else:
                 log.info("reload complete: %d workers", target)
-            self.state = "running"
+            self._change_state(SupervisorState.RUNNING)
             self.notifier.ready(snap.status_text())
         else:
             self.notifier.status(snap.status_text())
         self.notifier.watchdog(pool.heartbeats_ok(self.workers.values(), self.cfg.workers.timeout, time.monotonic()))
-
-
-def describe_status(status: int) -> str:
-    if os.WIFSIGNALED(status):
-        sig = os.WTERMSIG(status)
-        return f"killed by {signal.Signals(sig).name}"
-    return f"exit code {os.waitstatus_to_exitcode(status)}"

@@ -8,7 +8,6 @@ options and the ``[transcribe]`` settings become one request.
 from __future__ import annotations
 
 import logging
-from typing import Any
 
 import numpy as np
 
@@ -16,6 +15,7 @@ from whisperd import engines, whisper_modules
 from whisperd.config import ModelConfig, TranscribeConfig
 from whisperd.contract import GUARD_OPTIONS, ErrorCode, Job, JobError
 from whisperd.engines import Progress
+from whisperd.transcript import Transcript
 
 log = logging.getLogger("whisperd.worker")
 
@@ -64,12 +64,18 @@ class Transcriber:
                 ErrorCode.UNSUPPORTED_TASK, f"model {self.name!r} is English-only: no translate", job.task_id
             )
 
+    def short_window(self, settings: TranscribeConfig) -> bool:
+        """``transcribe.short_window``, with "auto" resolved for this engine."""
+        if isinstance(settings.short_window, bool):
+            return settings.short_window
+        return self.engine.short_window_by_default
+
     def transcribe(
         self, audio: np.ndarray, job: Job, settings: TranscribeConfig | None = None, progress: Progress | None = None
-    ) -> dict[str, Any]:
-        """Whisper's result for ``audio``. With ``settings.vad`` only the speech goes to Whisper
-        (none: no decoding at all), timestamps stay those of ``audio``, and ``result["speech_s"]``
-        says how much speech there was; without it the engine sees the whole recording."""
+    ) -> Transcript:
+        """The transcript of ``audio``. With ``settings.vad`` only the speech goes to Whisper
+        (none: no decoding at all), timestamps stay those of ``audio``, and ``speech_s`` says how
+        much speech there was; without it the engine sees the whole recording."""
         settings = settings or TranscribeConfig()
         guards = {name: getattr(settings, name) for name in GUARD_OPTIONS}
         guards.update({name: getattr(job, name) for name in GUARD_OPTIONS if getattr(job, name) is not None})
@@ -88,5 +94,6 @@ class Transcriber:
             guards=guards,
             gate=gate,
             progress=progress,
+            short_window=self.short_window(settings),
         )
         return self.engine.transcribe(audio, request)
