@@ -69,14 +69,9 @@ def make_api(broker, daemon_factory, tmp_path):
     yield from api_maker(broker, daemon_factory, tmp_path)
 
 
-def partial_uploads(api: HostileApi) -> int:
-    """Uploads under way: each has its partial file from its first byte on."""
-    return len(list(api.uploads.glob(".*.upload")))
-
-
 def taken_or_refused(api: HostileApi, t: Trickler, held: int) -> bool:
     """Whether the API answered the upload ``t`` or began it (one more under way than ``held``)."""
-    return t.answered.is_set() or partial_uploads(api) > held
+    return t.answered.is_set() or api.uploads_under_way() > held
 
 
 def upload_answer(api: HostileApi) -> requests.Response:
@@ -87,7 +82,7 @@ def test_trickling_uploads_are_cut_off_and_a_legitimate_upload_gets_through(make
     api = make_api(max_concurrent_uploads=4, upload_idle_timeout_s=60.0, constants=TRICKLE)
     slow = [Trickler(api, f"127.0.0.{i}") for i in range(2, 6)]  # four clients, one upload each: every slot
     try:
-        wait_for(lambda: partial_uploads(api) == 4, 10, "the four uploads under way")
+        wait_for(lambda: api.uploads_under_way() == 4, 10, "the four uploads under way")
         refused(upload_answer(api), 503, "too_many_uploads")
         started = time.monotonic()
         wait_for(lambda: api.post(JFK.path).status_code == 202, 30, "a legitimate upload accepted", interval=0.5)
@@ -108,7 +103,7 @@ def test_one_client_gets_at_most_its_share_of_the_upload_slots(make_api):
     slow = []
     try:
         for _ in range(4):
-            held = partial_uploads(api)
+            held = api.uploads_under_way()
             t = Trickler(api, "127.0.0.2")
             slow.append(t)
             wait_for(functools.partial(taken_or_refused, api, t, held), 10, "the upload taken or refused")

@@ -80,6 +80,10 @@ class HostileApi(Api):
         headers = {"Content-Type": content_type, **self.headers, **headers}
         return requests.post(f"{self.url}/transcriptions", data=body, headers=headers, timeout=60)
 
+    def uploads_under_way(self) -> int:
+        """Uploads holding a slot: each has its partial file from the moment it takes one."""
+        return len(list(self.uploads.glob(".*.upload")))
+
     def jobs(self) -> int:
         return self.broker.ch.queue_declare(self.broker.job_queue, passive=True).method.message_count
 
@@ -248,11 +252,16 @@ def test_bodies_that_are_not_a_form(make_api):
 
 
 def half_an_upload(api: HostileApi) -> RawHttp:
-    """An upload that sends its head and 100 kB of its body, then nothing more."""
+    """An upload that sends its head and 100 kB of its body, then nothing more; returned once it holds a slot.
+
+    Without the wait a request sent right after it could reach the handler first and take the slot.
+    """
+    held = api.uploads_under_way()
     conn = RawHttp(api.port)
     body = form(AUDIO)
     conn.post_head(MULTIPART, len(body))
     conn.send(body[:100_000])
+    wait_for(lambda: api.uploads_under_way() > held, 30, "the half upload under way")
     return conn
 
 
