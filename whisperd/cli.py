@@ -11,6 +11,7 @@ from pathlib import Path
 from whisperd import __version__, logs, models
 from whisperd import config as config_mod
 from whisperd.config import ConfigError
+from whisperd.contract import speakers_problem
 from whisperd.wire import FORMATS, unknown_formats
 
 
@@ -90,7 +91,13 @@ def cmd_submit(args: argparse.Namespace) -> int:
     if args.output and not args.wait:
         print("whisperd: --output needs --wait (results are copied as they arrive)", file=sys.stderr)
         return 2
-    return submit(cfg, args.files, args.wait, args.language, formats, args.output, args.timeout, args.progress)
+    counts = {"speakers": args.speakers, "min_speakers": args.min_speakers, "max_speakers": args.max_speakers}
+    problem = speakers_problem(args.diarize, counts, cfg.diarize.max_speakers)
+    if problem is not None:  # refused here rather than as a failed completion from every worker
+        print(f"whisperd: {problem}", file=sys.stderr)
+        return 2
+    return submit(cfg, args.files, args.wait, args.language, formats, args.output, args.timeout, args.progress,
+                  diarize=args.diarize, **counts)  # fmt: skip
 
 
 def cmd_api(args: argparse.Namespace) -> int:
@@ -188,6 +195,15 @@ def parser() -> argparse.ArgumentParser:
         default=None,
         help="with --wait: a progress bar per file on stderr (default: when stderr is a terminal)",
     )
+    submit.add_argument(
+        "--diarize",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="label each segment with its speaker, or not (default: the workers' diarize.default)",
+    )
+    submit.add_argument("--speakers", type=int, metavar="N", help="with diarization: exactly N speakers")
+    submit.add_argument("--min-speakers", type=int, metavar="N", help="with diarization: at least N speakers")
+    submit.add_argument("--max-speakers", type=int, metavar="N", help="with diarization: at most N speakers")
     submit.set_defaults(func=cmd_submit)
 
     api = sub.add_parser("api", help="run the reference HTTP API (POST/GET /transcriptions)")

@@ -27,6 +27,7 @@ from whisperd.settings import (
     BrokerConfig,
     Config,
     ControlConfig,
+    DiarizeConfig,
     EventsConfig,
     LimitsConfig,
     LoggingConfig,
@@ -48,6 +49,7 @@ __all__ = [
     "ConfigError",
     "ControlConfig",
     "DEFAULT_PATH",
+    "DiarizeConfig",
     "ENGINES",
     "ENV_VAR",
     "EventsConfig",
@@ -61,6 +63,7 @@ __all__ = [
     "WorkersConfig",
     "check_job_option",
     "checked_value",
+    "diarize_cache_dir",
     "job_deadline_s",
     "key",
     "listen_ok",
@@ -250,6 +253,19 @@ def _decode(path: Path, data: bytes) -> str:
         raise ConfigError(
             f"{path}: not UTF-8 (byte 0x{data[e.start]:02x} on line {line}); TOML files are UTF-8: save it as UTF-8"
         ) from None
+
+
+def diarize_cache_dir(cfg: Config) -> str:
+    """``diarize.cache_dir``, else ``$CACHE_DIRECTORY/diarize`` (systemd's CacheDirectory=whisperd), else
+    ``$XDG_CACHE_HOME/whisperd/diarize`` (``~/.cache`` when unset): the default its doc describes, in one place."""
+    if cfg.diarize.cache_dir:
+        return cfg.diarize.cache_dir
+    cache = os.environ.get("CACHE_DIRECTORY", "").split(":")[0]
+    if cache:
+        return os.path.join(cache, "diarize")
+    xdg = os.environ.get("XDG_CACHE_HOME", "")
+    base = xdg if os.path.isabs(xdg) else os.path.join(os.path.expanduser("~"), ".cache")
+    return os.path.join(base, "whisperd", "diarize")
 
 
 def job_deadline_s(cfg: Config, duration_s: float) -> float:

@@ -10,7 +10,7 @@ here. It imports no torch or whisper, nor the configuration, so the supervisor a
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
@@ -36,6 +36,7 @@ from whisperd.wire import (
 __all__ = [
     "DEFAULT_FORMATS",
     "DEFAULT_MAX_JOB_BYTES",
+    "DEFAULT_MAX_SPEAKERS",
     "DONE",
     "FAILED",
     "FORMATS",
@@ -44,6 +45,8 @@ __all__ = [
     "MAX_COMPLETION_BYTES",
     "MAX_PROMPT_BYTES",
     "PROCESSING",
+    "SPEAKERS_LIMIT",
+    "SPEAKER_OPTIONS",
     "STATUSES",
     "TASKS",
     "TASK_ID_RE",
@@ -55,7 +58,16 @@ __all__ = [
     "job_body",
     "parse_job",
     "peek_task_id",
+    "speakers_problem",
 ]
+
+# Speaker diarization: the counts a job may give (absent or null = let the diarizer find out), each
+# at most diarize.max_speakers, which parse_job takes from its caller as it takes max_bytes; that
+# key's default and the most it may be set to (more speakers than that is not a conversation the
+# diarizer can tell apart, and a bound keeps a job from asking for a clustering of any size).
+SPEAKER_OPTIONS = ("speakers", "min_speakers", "max_speakers")
+DEFAULT_MAX_SPEAKERS = 10
+SPEAKERS_LIMIT = 50
 
 OptionCheck = Callable[[str, Any], Any]
 """``check(name, value)``: a job option's value as its [transcribe] key would take it, or ValueError
@@ -85,6 +97,10 @@ class Job:
     no_speech_threshold: float | None = None
     compression_ratio_threshold: float | None = None
     hallucination_silence_threshold: float | None = None
+    diarize: bool | None = None  # None: diarize.default decides
+    speakers: int | None = None  # the exact number of speakers, when the producer knows it
+    min_speakers: int | None = None
+    max_speakers: int | None = None
 
 
 # MassTransit's serializer names C# properties in camelCase (TaskId -> "taskId") unless the
@@ -98,6 +114,8 @@ _CAMEL_CASE = {
     "noSpeechThreshold": "no_speech_threshold",
     "compressionRatioThreshold": "compression_ratio_threshold",
     "hallucinationSilenceThreshold": "hallucination_silence_threshold",
+    "minSpeakers": "min_speakers",
+    "maxSpeakers": "max_speakers",
 }
 
 
@@ -118,6 +136,12 @@ def _is_text(s: str) -> bool:
     except UnicodeEncodeError:
         return False
     return True
+
+
+def _shown(value: Any) -> str:
+    """A job's value as an error quotes it: repr, cut to 40 characters (a value may be huge)."""
+    shown = repr(value)
+    return shown if len(shown) <= 40 else shown[:37] + "..."
 
 
 def _task_id_of(body: Any) -> str | None:
@@ -158,8 +182,16 @@ def job_body(
     language: str | None = None,
     formats: list[str] | None = None,
     word_timestamps: bool = False,
+    *,
+    diarize: bool | None = None,
+    speakers: int | None = None,
+    min_speakers: int | None = None,
+    max_speakers: int | None = None,
 ) -> bytes:
-    """A job as whisperd's own producers (``whisperd submit``, ``whisperd api``) publish it."""
+    """A job as whisperd's own producers (``whisperd submit``, ``whisperd api``) publish it.
+
+    An option left at None is not sent, so the worker's configuration decides it (``diarize``:
+    diarize.default); the values are sent as given, for parse_job to check."""
     job: dict[str, Any] = {"task_id": task_id, "audio_path": audio_path}
     if language:
         job["language"] = language
@@ -167,6 +199,11 @@ def job_body(
         job["formats"] = formats
     if word_timestamps:
         job["word_timestamps"] = True
+    if diarize is not None:
+        job["diarize"] = diarize
+    for name, count in (("speakers", speakers), ("min_speakers", min_speakers), ("max_speakers", max_speakers)):
+        if count is not None:
+            job[name] = count
     return json.dumps(job).encode()
 
 
@@ -175,6 +212,8 @@ def parse_job(
     default_formats: tuple[str, ...] = DEFAULT_FORMATS,
     max_bytes: int = DEFAULT_MAX_JOB_BYTES,
     check_option: OptionCheck | None = None,
+    *,
+    max_speakers: int = DEFAULT_MAX_SPEAKERS,
 ) -> Job:
     """Decode and validate a job body; raise JobError with the most specific code.
 
@@ -183,6 +222,13 @@ def parse_job(
     sets, as their [transcribe] keys are checked: the caller has the configuration (the pipeline
     passes it). Without one, a job that sets a guard option is refused: no value a producer sent
     goes to whisper unchecked.
+
+    Diarization: ``diarize`` is true, false, or absent/null for diarize.default. ``speakers`` (an
+    exact count) or ``min_speakers``/``max_speakers`` (bounds) are whole numbers from 1 to
+    ``max_speakers`` (the caller's diarize.max_speakers), never both kinds. Counts with ``diarize``
+    false contradict the job and are refused; counts with ``diarize`` absent are kept, because
+    diarize.default may turn it on (and they are unused when it does not): the producer need not
+    know the worker's configuration to send them.
     """
     body = _loads(raw, max_bytes)
     if not isinstance(body, dict):
@@ -229,6 +275,13 @@ def parse_job(
             ErrorCode.INVALID_OPTION,
             f"initial_prompt is longer than {MAX_PROMPT_BYTES} bytes (whisper uses only its last 223 tokens)",
         )
+    diarize = body.get("diarize")
+    if diarize is not None and not isinstance(diarize, bool):
+        raise fail(ErrorCode.INVALID_OPTION, "diarize must be true or false (or null for diarize.default)")
+    counts = {name: body.get(name) for name in SPEAKER_OPTIONS}
+    problem = speakers_problem(diarize, counts, max_speakers)
+    if problem is not None:
+        raise fail(ErrorCode.INVALID_OPTION, problem)
     guards = {}
     for name in GUARD_OPTIONS:  # same type and range checks as the [transcribe] keys
         if body.get(name) is not None:
@@ -247,7 +300,42 @@ def parse_job(
         word_timestamps=word_timestamps,
         initial_prompt=prompt or None,
         **guards,
+        diarize=diarize,
+        **counts,
     )
+
+
+def speakers_problem(
+    diarize: bool | None,
+    counts: Mapping[str, Any],
+    max_speakers: int,
+    limit_name: str = "diarize.max_speakers",
+) -> str | None:
+    """Why a job's diarization options cannot be taken (None when they can): ``counts`` maps
+    SPEAKER_OPTIONS to their values (None = absent). The one check of parse_job, the API's form
+    and ``whisperd submit``, so that a producer refuses what a worker would.
+
+    A count is a whole number: JSON's true is a Python int, and 2.0 is not a number of speakers."""
+    given = []
+    for name in SPEAKER_OPTIONS:
+        value = counts.get(name)
+        if value is None:
+            continue
+        if isinstance(value, bool) or not isinstance(value, int):
+            return f"{name} must be a whole number, got {_shown(value)}"
+        if value < 1:
+            return f"{name} must be at least 1, got {_shown(value)}"
+        if value > max_speakers:
+            return f"{name} is {_shown(value)}; the limit is {max_speakers} ({limit_name})"
+        given.append(name)
+    if given and diarize is False:
+        return f"{given[0]} is set but diarize is false: speaker counts are for diarized jobs"
+    if "speakers" in given and len(given) > 1:
+        return "speakers is an exact count: send it or min_speakers/max_speakers, not both"
+    low, high = counts.get("min_speakers"), counts.get("max_speakers")
+    if low is not None and high is not None and low > high:
+        return f"min_speakers ({low}) is more than max_speakers ({high})"
+    return None
 
 
 @dataclass
@@ -264,6 +352,7 @@ class Completion:
     speech_s: float | None = None
     progress: float | None = None  # processing events: the fraction of the audio transcribed so far, 0-1
     audio_done_s: float | None = None  # processing events: seconds of the audio transcribed so far
+    speakers: int | None = None  # done completions of diarized jobs: the number of speakers found
 
     @classmethod
     def failure(cls, err: JobError, worker: str, processing_s: float | None = None) -> Completion:
@@ -294,6 +383,8 @@ class Completion:
         for name, kinds in _COMPLETION_TYPES.items():
             if not isinstance(getattr(completion, name), kinds):
                 raise JobError(ErrorCode.INVALID_JOB, f"not a completion: {name} has the wrong type")
+        if isinstance(completion.speakers, bool):  # JSON's true is a Python int, not a count
+            raise JobError(ErrorCode.INVALID_JOB, "not a completion: speakers has the wrong type")
         if not all(isinstance(k, str) and isinstance(v, str) for k, v in completion.results.items()):
             raise JobError(ErrorCode.INVALID_JOB, "not a completion: results must map formats to paths")
         return completion
@@ -312,4 +403,5 @@ _COMPLETION_TYPES: dict[str, tuple[type, ...]] = {
     "speech_s": _NUMBER,
     "progress": _NUMBER,
     "audio_done_s": _NUMBER,
+    "speakers": (int, type(None)),
 }

@@ -266,6 +266,7 @@ def status_document(snap: PoolSnapshot, answered_on: str) -> dict[str, Any]:
             "rss_mb": round(w.rss_mb, 1) if w.rss_mb else None,
             "gpu_mb": w.gpu_mb,
             "device": w.report.device,
+            "diarizer": w.report.diarizer,
             "uptime_s": round(w.uptime_s, 1),
             "broker": w.report.broker.value,
         }

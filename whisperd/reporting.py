@@ -78,6 +78,7 @@ class WorkerReport:
     deadline: float | None = None  # seconds it may take (grows once the audio's length is known)
     duration_s: float | None = None  # its audio's length
     device: str | None = None
+    diarizer: bool = False  # whether it holds the diarizer (loaded on the first job that asks)
     error: str | None = None  # why it cannot start (with BOOT_FAILED)
     queue: QueueDepths | None = None
     job: JobReport | None = None

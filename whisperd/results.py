@@ -101,10 +101,16 @@ class ResultStore:
         return os.path.join(self.marker_dir, f"{task_id}.completion.json")
 
     def write(self, task_id: str, result: dict[str, Any], formats: tuple[str, ...]) -> dict[str, str]:
-        """Write each format with whisper's writer; return format -> path."""
+        """Write each format with whisper's writer (a diarized result: with its speakers, built on
+        whisper's); return format -> path."""
         from whisperd import whisper_modules
 
-        get_writer = whisper_modules.load("utils").get_writer
+        if result.get("speakers") is not None:
+            from whisperd import speaker_writers
+
+            get_writer = speaker_writers.get_speaker_writer
+        else:
+            get_writer = whisper_modules.load("utils").get_writer
         paths = {}
         for fmt in formats:
             path = self.path(task_id, fmt)
@@ -167,7 +173,7 @@ class ResultStore:
             return None
         if not all(os.path.exists(p) for p in completion.results.values()):
             return None  # results removed: the task id is free again
-        if stored.get("job") != json.loads(json.dumps(asdict(job))):
+        if not _same_job(stored.get("job"), job):
             raise self._conflict(job, "with other options or another audio_path")
         now = audio()
         stored_size, stored_hash = stored.get("audio_size"), stored.get("audio_sha256")
@@ -187,3 +193,14 @@ class ResultStore:
             "are kept: give every job its own task_id",
             job.task_id,
         )
+
+
+def _same_job(stored: Any, job: Job) -> bool:
+    """Whether a marker's job is ``job``. A field the marker lacks (written before the field existed:
+    diarize, speakers...) counts as its default, so a job redelivered after an upgrade is still the
+    job it was, not a task_id_conflict."""
+    if not isinstance(stored, dict):
+        return False
+    now = json.loads(json.dumps(asdict(job)))
+    defaults = json.loads(json.dumps(asdict(Job(job.task_id, job.audio_path))))
+    return set(stored) <= set(now) and all(stored.get(k, defaults[k]) == v for k, v in now.items())

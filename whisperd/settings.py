@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlparse
 
-from whisperd.contract import FORMATS
+from whisperd.contract import DEFAULT_MAX_SPEAKERS, FORMATS, SPEAKERS_LIMIT
 
 ENGINES = ("openai-whisper", "faster-whisper")
 # CTranslate2 compute types (faster-whisper); auto = int8 on a CPU, float16 on a GPU.
@@ -327,6 +327,29 @@ class TranscribeConfig:
 
 
 @dataclass
+class DiarizeConfig:
+    """Speaker diarization: which speaker said each segment, for the jobs that ask (a job's `diarize`, or
+    `default`), and how many speakers a job may ask for."""
+
+    default: bool = key(False,
+                        doc="Whether a job that does not say (`diarize` absent or null) is diarized; a job's own "
+                            "`diarize` true or false always wins.")
+    max_speakers: int = key(DEFAULT_MAX_SPEAKERS, _within(1, SPEAKERS_LIMIT),
+                            f"must be between 1 and {SPEAKERS_LIMIT}",
+                            doc="The largest `speakers`, `min_speakers` or `max_speakers` a job may ask for; a job "
+                                "asking more fails with `invalid_option`.")
+    preload: bool = key(False,
+                        doc="Load the diarizer when a worker starts, so that the first job that asks for it does not "
+                            "wait for it (its memory is then taken in every worker, diarized jobs or not); false = "
+                            "on the first job that asks.")
+    cache_dir: str = key("", _abs_or_empty, "must be an absolute path, or empty for the default",
+                         doc="Where the diarizer's compiled code is cached, so that workers after the first start it "
+                             "without compiling it again; safe to delete. Empty = `$CACHE_DIRECTORY/diarize` under "
+                             "systemd (the unit's CacheDirectory=whisperd: `/var/cache/whisperd/diarize`), else "
+                             "`$XDG_CACHE_HOME/whisperd/diarize` (or `~/.cache/whisperd/diarize`).")
+
+
+@dataclass
 class EventsConfig:
     """Messages published while a job runs, besides its completion."""
 
@@ -421,6 +444,7 @@ class Config:
     workers: WorkersConfig = field(default_factory=WorkersConfig)
     limits: LimitsConfig = field(default_factory=LimitsConfig)
     transcribe: TranscribeConfig = field(default_factory=TranscribeConfig)
+    diarize: DiarizeConfig = field(default_factory=DiarizeConfig)
     events: EventsConfig = field(default_factory=EventsConfig)
     control: ControlConfig = field(default_factory=ControlConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)

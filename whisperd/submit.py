@@ -61,11 +61,19 @@ def submit(
     output: Path | None = None,
     timeout: float = 3600.0,
     progress: bool | None = None,
+    *,
+    diarize: bool | None = None,
+    speakers: int | None = None,
+    min_speakers: int | None = None,
+    max_speakers: int | None = None,
 ) -> int:
     """Queue ``files``; with ``wait``, show them progress and print the transcripts.
 
     ``progress``: True/False forces the bars on/off; None shows them when stderr is a terminal.
+    ``diarize`` and the speaker counts go into every job as given (None: not sent, so the
+    workers' diarize.default decides); the command line checked them (``speakers_problem``).
     """
+    options = {"diarize": diarize, "speakers": speakers, "min_speakers": min_speakers, "max_speakers": max_speakers}
     # A reply queue named here, not by the broker, so that after a fail-over to another node
     # it is declared again under the name the jobs already published carry in reply_to.
     reply_to = f"whisperd.submit.{uuid.uuid4().hex}" if wait else None
@@ -88,8 +96,9 @@ def submit(
             task_id = new_task_id()
             audio_path = stage(cfg, source, task_id)
             props = broker.properties(correlation_id=task_id, reply_to=reply_to, message_id=task_id)
+            body = job_body(task_id, audio_path, language, formats, **options)
             try:
-                publisher.publish(cfg.broker.job_queue, job_body(task_id, audio_path, language, formats), props)
+                publisher.publish(cfg.broker.job_queue, body, props)
             except (pika.exceptions.AMQPError, OSError) as e:
                 os.unlink(os.path.join(cfg.storage.media_root, audio_path))
                 why = f"no broker node confirmed it within {PUBLISH_RETRY_S:.0f} s ({broker.reason(e)})"

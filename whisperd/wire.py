@@ -82,6 +82,7 @@ class ErrorCode:
     UNSUPPORTED_FORMAT = "unsupported_format"
     INVALID_OPTION = "invalid_option"
     TRANSCRIPTION_FAILED = "transcription_failed"
+    DIARIZATION_FAILED = "diarization_failed"  # the transcript is fine; who said what could not be found
     ATTEMPTS_EXHAUSTED = "attempts_exhausted"
     TASK_ID_CONFLICT = "task_id_conflict"
     INVALID_HEADERS = "invalid_headers"

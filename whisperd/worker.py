@@ -32,7 +32,7 @@ import pika.exceptions
 from setproctitle import setproctitle
 
 from whisperd import broker, decoder
-from whisperd.config import Config
+from whisperd.config import Config, diarize_cache_dir
 from whisperd.deliveries import Deliveries, Delivery
 from whisperd.jobs import REQUEUE_DELAY_S, Jobs
 from whisperd.lifecycle import WorkerExit
@@ -124,6 +124,7 @@ class Worker:
 
     def _load(self) -> Any:
         from whisperd import media
+        from whisperd.diarizer import Diarizer
         from whisperd.pipeline import Pipeline
         from whisperd.results import ResultStore
         from whisperd.transcriber import Transcriber
@@ -142,8 +143,11 @@ class Worker:
             self.cfg.model.name, transcriber.engine.name, transcriber.device, transcriber.threads,
             time.monotonic() - started,
         )  # fmt: skip
-        self.status.send(device=transcriber.device)
-        return Pipeline(self.cfg, transcriber, store, self.name, self.log)
+        diarizer = Diarizer(diarize_cache_dir(self.cfg), transcriber.threads)
+        if self.cfg.diarize.preload:
+            diarizer.load()
+        self.status.send(device=transcriber.device, diarizer=diarizer.loaded)
+        return Pipeline(self.cfg, transcriber, store, self.name, self.log, diarizer)
 
     def handle_term(self, signum: int, frame: Any) -> None:
         self.stopping = True

@@ -234,7 +234,26 @@ def trickle() -> Iterator[bytes]:
 
 
 LONG_HEADER = b"X: " + b"a" * 3000 + b"\r\n"
-ALL_FIELDS = (part("language", b"en"), part("formats", b"txt"), part("word_timestamps", b"1"))
+# Diarization fields a worker would refuse, and the 422's detail for each.
+BAD_SPEAKERS: list[tuple[tuple[bytes, ...], str]] = [
+    ((part("diarize", b"maybe"),), "diarize must be true or false"),
+    ((part("speakers", b"two"),), "speakers must be a whole number"),
+    ((part("speakers", b"2.5"),), "speakers must be a whole number"),
+    ((part("min_speakers", b"-1"),), "min_speakers must be a whole number"),
+    ((part("max_speakers", "²".encode()),), "max_speakers must be a whole number"),
+    ((part("speakers", b"1_0"),), "speakers must be a whole number"),
+    ((part("speakers", b"0"),), "speakers must be at least 1, got 0"),
+    ((part("speakers", b"11"),), "speakers is 11; the limit is 10 (diarize.max_speakers)"),
+    ((part("max_speakers", b"9" * 1000),), "max_speakers is 9999999999999999999999999999999999999...; the limit is "
+                                           "10 (diarize.max_speakers)"),
+    ((part("speakers", b"2"), part("min_speakers", b"1")),
+     "speakers is an exact count: send it or min_speakers/max_speakers, not both"),
+    ((part("min_speakers", b"4"), part("max_speakers", b"3")), "min_speakers (4) is more than max_speakers (3)"),
+    ((part("diarize", b"false"), part("speakers", b"2")),
+     "speakers is set but diarize is false: speaker counts are for diarized jobs"),
+]  # fmt: skip
+ALL_FIELDS = (part("language", b"en"), part("formats", b"txt"), part("word_timestamps", b"1"), part("diarize", b"1"),
+              part("speakers", b"2"), part("min_speakers", b""), part("max_speakers", b""))  # fmt: skip
 BAD_UPLOADS: dict[str, tuple[dict[str, Any], int, str]] = {
     # kind: (send()'s arguments, status, code)
     "not-multipart": ({"body": b"RIFF", "content_type": "audio/wav"}, 415, "unsupported_media_type"),
@@ -369,4 +388,51 @@ def test_the_host_header_must_name_this_api(site: Site) -> None:
 def test_the_openapi_document_describes_the_upload_form(client: TestClient) -> None:
     openapi = client.get("/openapi.json").json()
     schema = openapi["paths"]["/transcriptions"]["post"]["requestBody"]["content"]["multipart/form-data"]["schema"]
-    assert sorted(schema["properties"]) == ["file", "formats", "language", "word_timestamps"]
+    assert sorted(schema["properties"]) == ["diarize", "file", "formats", "language", "max_speakers", "min_speakers",
+                                            "speakers", "word_timestamps"]  # fmt: skip
+    assert schema["properties"]["speakers"]["type"] == "integer"
+    assert (schema["properties"]["speakers"]["minimum"], schema["properties"]["speakers"]["maximum"]) == (1, 50)
+    assert schema["properties"]["diarize"]["type"] == "boolean"
+
+
+@pytest.mark.parametrize(
+    ("data", "options"),
+    [
+        ({"diarize": "true", "speakers": "3"}, {"diarize": True, "speakers": 3}),
+        ({"diarize": "on", "min_speakers": " 2 ", "max_speakers": "4"}, {"diarize": True, "min_speakers": 2,
+                                                                          "max_speakers": 4}),
+        ({"diarize": "false"}, {"diarize": False}),
+        ({"diarize": "0"}, {"diarize": False}),
+        ({"diarize": "", "speakers": ""}, {}),  # empty = not sent: the workers' diarize.default decides
+        ({"max_speakers": "5"}, {"max_speakers": 5}),  # without diarize: for diarize.default, if it turns it on
+        ({"diarize": "yes", "speakers": "10"}, {"diarize": True, "speakers": 10}),  # diarize.max_speakers
+    ],
+)  # fmt: skip
+def test_the_diarization_fields_reach_the_job(site: Site, client: TestClient, data: dict[str, str],
+                                              options: dict[str, Any]) -> None:  # fmt: skip
+    r = client.post("/transcriptions", files={"file": ("a.wav", b"RIFF-audio")}, data=data)
+    assert r.status_code == 202, r.text
+    task_id = r.json()["task_id"]
+    assert site.publisher.jobs == [{"task_id": task_id, "audio_path": f"uploads/{task_id}.wav", **options}]
+
+
+@pytest.mark.parametrize(("parts", "detail"), BAD_SPEAKERS)
+def test_bad_diarization_fields_say_why(site: Site, client: TestClient, parts: tuple[bytes, ...], detail: str) -> None:
+    r = send(client, form(AUDIO, *parts))
+    assert (r.status_code, r.json()) == (422, {"code": "invalid_option", "detail": detail})
+    assert r.headers["connection"] == "close", "the rest of a refused upload is never read"
+    site.assert_nothing_kept()
+
+
+def test_the_form_checks_speakers_as_a_worker_would() -> None:
+    from whisperd.api.form import job_options
+
+    assert job_options({"diarize": "true", "speakers": "12"}, max_speakers=12)["speakers"] == 12
+    with pytest.raises(ApiError) as e:
+        job_options({"diarize": "true", "speakers": "12"}, max_speakers=10)
+    assert (e.value.status, e.value.code, e.value.message) == (
+        422, "invalid_option", "speakers is 12; the limit is 10 (diarize.max_speakers)",
+    )  # fmt: skip
+    assert job_options({}, max_speakers=10) == {"language": None, "formats": None, "word_timestamps": False,
+                                                 "diarize": None, "speakers": None, "min_speakers": None,
+                                                 "max_speakers": None}  # fmt: skip

@@ -294,3 +294,104 @@ def test_reference_check_flags_a_stale_file(tmp_path, capsys):
     err = capsys.readouterr().err
     assert len(err.splitlines()) == 1 and "python -m whisperd.config_reference > docs/configuration.md" in err
     assert main(["--check", str(tmp_path / "missing.md")]) == 1
+
+
+# [diarize]: speaker diarization.
+CACHE_DIR_WHY = "diarize.cache_dir: must be an absolute path, or empty for the default"
+
+
+def test_diarize_defaults_and_bounds():
+    d = config.parse({}).diarize
+    assert (d.default, d.max_speakers, d.preload, d.cache_dir) == (False, 10, False, "")
+    d = config.parse({"diarize": {"default": True, "max_speakers": 50, "preload": True, "cache_dir": "/srv/c"}}).diarize
+    assert (d.default, d.max_speakers, d.preload, d.cache_dir) == (True, 50, True, "/srv/c")
+    assert config.parse({"diarize": {"max_speakers": 1}}).diarize.max_speakers == 1
+
+
+@pytest.mark.parametrize(
+    ("raw", "message"),
+    [
+        ({"max_speakers": 0}, "diarize.max_speakers: must be between 1 and 50 (got 0)"),
+        ({"max_speakers": 51}, "diarize.max_speakers: must be between 1 and 50 (got 51)"),
+        ({"max_speakers": 2.0}, "diarize.max_speakers: must be an integer (got 2.0)"),
+        ({"max_speakers": True}, "diarize.max_speakers: must be an integer (got True)"),
+        ({"default": "yes"}, "diarize.default: must be true or false (got 'yes')"),
+        ({"preload": 1}, "diarize.preload: must be true or false (got 1)"),
+        ({"cache_dir": "cache/diarize"}, f"{CACHE_DIR_WHY} (got 'cache/diarize')"),
+        ({"cache_dir": "/var/\0cache"}, f"{CACHE_DIR_WHY} (got '/var/\\x00cache')"),
+        ({"speakers": 2}, "diarize.speakers: unknown key (known: default, max_speakers, preload, cache_dir)"),
+    ],
+)
+def test_bad_diarize_values_name_the_key(raw, message):
+    with pytest.raises(ConfigError) as e:
+        config.parse({"diarize": raw})
+    assert str(e.value) == message
+
+
+def test_the_diarize_cache_dir_default(monkeypatch):
+    cfg = config.parse({})
+    monkeypatch.setenv("CACHE_DIRECTORY", "/var/cache/whisperd")
+    monkeypatch.setenv("XDG_CACHE_HOME", "/home/w/.xdg")
+    assert config.diarize_cache_dir(cfg) == "/var/cache/whisperd/diarize", "systemd's CacheDirectory= first"
+    monkeypatch.delenv("CACHE_DIRECTORY")
+    assert config.diarize_cache_dir(cfg) == "/home/w/.xdg/whisperd/diarize"
+    monkeypatch.setenv("XDG_CACHE_HOME", "relative")  # not absolute: ignored, as the XDG spec says
+    monkeypatch.setenv("HOME", "/home/w")
+    assert config.diarize_cache_dir(cfg) == "/home/w/.cache/whisperd/diarize"
+    monkeypatch.setenv("CACHE_DIRECTORY", "/var/cache/whisperd")
+    assert config.diarize_cache_dir(config.parse({"diarize": {"cache_dir": "/srv/c"}})) == "/srv/c"
+
+
+def test_the_pipeline_bounds_speaker_counts_by_diarize_max_speakers(tmp_path):
+    from whisperd.contract import ErrorCode, job_body
+
+    from .fakes import FakeTranscriber
+    from .test_pipeline import make_pipeline
+
+    body = job_body("sp-1", "nowhere.flac", diarize=True, speakers=12)
+    transcriber = FakeTranscriber()
+    outcome = make_pipeline(tmp_path, transcriber).run(body)
+    assert outcome.completion is not None and outcome.ack
+    message = "speakers is 12; the limit is 10 (diarize.max_speakers)"
+    assert outcome.completion.error == {"code": ErrorCode.INVALID_OPTION, "message": message}
+    outcome = make_pipeline(tmp_path, transcriber, diarize={"max_speakers": 12}).run(body)
+    assert outcome.completion is not None
+    assert outcome.completion.error["code"] == ErrorCode.FILE_NOT_FOUND, "past the options, to the file"
+    assert transcriber.calls == []
+
+
+@pytest.mark.parametrize(
+    ("flags", "options", "error"),
+    [
+        (["--diarize", "--speakers", "3"], {"diarize": True, "speakers": 3, "min_speakers": None,
+                                            "max_speakers": None}, None),
+        (["--min-speakers", "2", "--max-speakers", "4"], {"diarize": None, "speakers": None, "min_speakers": 2,
+                                                          "max_speakers": 4}, None),
+        (["--no-diarize"], {"diarize": False, "speakers": None, "min_speakers": None, "max_speakers": None}, None),
+        ([], {"diarize": None, "speakers": None, "min_speakers": None, "max_speakers": None}, None),
+        (["--diarize", "--speakers", "5"], None, "speakers is 5; the limit is 4 (diarize.max_speakers)"),
+        (["--no-diarize", "--max-speakers", "2"],
+         None, "max_speakers is set but diarize is false: speaker counts are for diarized jobs"),
+        (["--speakers", "2", "--min-speakers", "1"],
+         None, "speakers is an exact count: send it or min_speakers/max_speakers, not both"),
+        (["--min-speakers", "3", "--max-speakers", "2"], None, "min_speakers (3) is more than max_speakers (2)"),
+        (["--speakers", "0"], None, "speakers must be at least 1, got 0"),
+    ],
+)  # fmt: skip
+def test_submit_checks_the_diarization_flags_against_its_config(tmp_path, monkeypatch, capsys, flags, options, error):
+    """``whisperd submit`` refuses what the workers (same config file) would, before it copies or queues anything."""
+    from whisperd import cli
+    from whisperd import submit as submit_mod
+
+    path = tmp_path / "whisperd.toml"
+    path.write_text(f'[storage]\nmedia_root = "{tmp_path}/media"\n\n[diarize]\nmax_speakers = 4\n')
+    audio = tmp_path / "a.wav"
+    audio.write_bytes(b"RIFF")
+    calls = []
+    monkeypatch.setattr(submit_mod, "submit", lambda cfg, files, *args, **kw: calls.append(kw) or 0)
+    code = cli.main(["submit", "--config", str(path), str(audio), *flags])
+    if error is None:
+        assert (code, calls) == (0, [options])
+    else:
+        assert (code, calls, capsys.readouterr().err) == (2, [], f"whisperd: {error}\n")
+    assert not (tmp_path / "media").exists(), "nothing staged"

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+import inspect
 import json
 from pathlib import Path
 
@@ -9,7 +11,21 @@ import jsonschema
 import pytest
 
 from whisperd.config import check_job_option
-from whisperd.contract import GUARD_OPTIONS, Completion, ErrorCode, JobError, parse_job, peek_task_id
+from whisperd.contract import (
+    _CAMEL_CASE,
+    DEFAULT_MAX_SPEAKERS,
+    GUARD_OPTIONS,
+    SPEAKER_OPTIONS,
+    SPEAKERS_LIMIT,
+    Completion,
+    ErrorCode,
+    Job,
+    JobError,
+    job_body,
+    parse_job,
+    peek_task_id,
+    speakers_problem,
+)
 
 SCHEMA = Path(__file__).resolve().parents[2] / "whisperd" / "schema"
 
@@ -159,3 +175,156 @@ def test_guard_options_are_checked_like_their_config_keys():
     assert (e.value.code, e.value.task_id) == (ErrorCode.INVALID_OPTION, "t")
     nulls = {"task_id": "t", "audio_path": "x", **dict.fromkeys(GUARD_OPTIONS)}  # null = the default: nothing to check
     assert parse_job(json.dumps(nulls).encode()).no_speech_threshold is None
+
+
+# Speaker diarization: diarize and the speaker counts.
+def job(**options):
+    return json.dumps({"task_id": "t", "audio_path": "x", **options}).encode()
+
+
+def test_diarization_options_are_parsed_and_default_to_the_config():
+    plain = parse_job(job())
+    assert (plain.diarize, plain.speakers, plain.min_speakers, plain.max_speakers) == (None, None, None, None)
+    exact = parse_job(job(diarize=True, speakers=3))
+    assert (exact.diarize, exact.speakers, exact.min_speakers, exact.max_speakers) == (True, 3, None, None)
+    bounds = parse_job(job(diarize=True, min_speakers=2, max_speakers=2))
+    assert (bounds.speakers, bounds.min_speakers, bounds.max_speakers) == (None, 2, 2)
+    assert parse_job(job(diarize=False)).diarize is False
+    nulls = parse_job(job(diarize=None, speakers=None, min_speakers=None, max_speakers=None))
+    assert (nulls.diarize, nulls.speakers, nulls.min_speakers, nulls.max_speakers) == (None, None, None, None)
+    # Counts without diarize: kept, for diarize.default to use if it turns diarization on.
+    undecided = parse_job(job(max_speakers=4))
+    assert (undecided.diarize, undecided.max_speakers) == (None, 4)
+    assert parse_job(job(diarize=True, speakers=10)).speakers == 10, "the default limit is inclusive"
+    assert parse_job(job(diarize=True, speakers=25), max_speakers=25).speakers == 25
+    for body in (job(diarize=True, speakers=3), job(max_speakers=4), job(diarize=False)):
+        jsonschema.validate(json.loads(body), schema("job"))
+
+
+EXACT = "speakers is an exact count: send it or min_speakers/max_speakers, not both"
+NOT_DIARIZED = "is set but diarize is false: speaker counts are for diarized jobs"
+
+
+@pytest.mark.parametrize(
+    ("options", "message", "schema_rejects"),
+    [
+        ({"diarize": "yes"}, "diarize must be true or false (or null for diarize.default)", True),
+        ({"diarize": 1}, "diarize must be true or false (or null for diarize.default)", True),
+        ({"speakers": True}, "speakers must be a whole number, got True", True),
+        ({"min_speakers": False}, "min_speakers must be a whole number, got False", True),
+        ({"max_speakers": 2.5}, "max_speakers must be a whole number, got 2.5", True),
+        # JSON Schema's "integer" takes 2.0; the parser wants a whole number as JSON writes one.
+        ({"speakers": 2.0}, "speakers must be a whole number, got 2.0", False),
+        ({"speakers": "2"}, "speakers must be a whole number, got '2'", True),
+        ({"speakers": [2]}, "speakers must be a whole number, got [2]", True),
+        ({"speakers": "x" * 10_000}, "speakers must be a whole number, got '" + "x" * 36 + "...", True),
+        ({"speakers": 0}, "speakers must be at least 1, got 0", True),
+        ({"min_speakers": -3}, "min_speakers must be at least 1, got -3", True),
+        ({"speakers": 11}, "speakers is 11; the limit is 10 (diarize.max_speakers)", False),  # the config's bound
+        ({"min_speakers": 11}, "min_speakers is 11; the limit is 10 (diarize.max_speakers)", False),
+        ({"max_speakers": 51}, "max_speakers is 51; the limit is 10 (diarize.max_speakers)", True),
+        ({"speakers": 10**400}, "speakers is 1" + "0" * 36 + "...; the limit is 10 (diarize.max_speakers)", True),
+        ({"speakers": 2, "min_speakers": 1}, EXACT, True),
+        ({"speakers": 2, "max_speakers": 3}, EXACT, True),
+        ({"speakers": 2, "min_speakers": None}, None, False),  # null = absent: nothing to contradict
+        ({"min_speakers": 4, "max_speakers": 3}, "min_speakers (4) is more than max_speakers (3)", False),
+        ({"diarize": False, "speakers": 2}, "speakers " + NOT_DIARIZED, True),
+        ({"diarize": False, "max_speakers": 2}, "max_speakers " + NOT_DIARIZED, True),
+        ({"diarize": False, "min_speakers": 2, "max_speakers": 1}, "min_speakers " + NOT_DIARIZED, True),
+    ],
+)
+def test_bad_diarization_options_are_invalid_options_naming_the_field(options, message, schema_rejects):
+    body = job(**options)
+    if message is None:
+        assert parse_job(body).speakers == options["speakers"]
+    else:
+        with pytest.raises(JobError) as e:
+            parse_job(body)
+        assert (e.value.code, e.value.task_id, e.value.message) == (ErrorCode.INVALID_OPTION, "t", message)
+        assert len(e.value.message) < 200
+    valid = jsonschema.Draft202012Validator(schema("job")).is_valid(json.loads(body))
+    assert valid is not schema_rejects
+
+
+def test_the_speaker_limit_is_the_callers():
+    body = job(diarize=True, max_speakers=3)
+    assert parse_job(body, max_speakers=3).max_speakers == 3
+    with pytest.raises(JobError) as e:
+        parse_job(body, max_speakers=2)
+    assert (e.value.code, e.value.message) == (ErrorCode.INVALID_OPTION,
+                                               "max_speakers is 3; the limit is 2 (diarize.max_speakers)")  # fmt: skip
+    assert inspect.signature(parse_job).parameters["max_speakers"].default == DEFAULT_MAX_SPEAKERS == 10
+
+
+def test_speakers_problem_is_the_check_every_producer_shares():
+    counts = {"speakers": None, "min_speakers": 2, "max_speakers": 5}
+    assert speakers_problem(True, counts, 10) is None
+    assert speakers_problem(None, counts, 10) is None
+    assert speakers_problem(False, counts, 10) == (
+        "min_speakers is set but diarize is false: speaker counts are for diarized jobs"
+    )
+    assert speakers_problem(True, counts, 4, "the most any worker takes") == (
+        "max_speakers is 5; the limit is 4 (the most any worker takes)"
+    )
+    assert speakers_problem(False, {}, 10) is None, "diarize false alone is fine"
+
+
+def test_diarization_options_in_a_masstransit_envelope_in_camel_case():
+    inner = {"taskId": "t", "audioPath": "x", "diarize": True, "minSpeakers": 2, "maxSpeakers": 4}
+    wrapped = {"messageId": "m", "message": inner}
+    parsed = parse_job(json.dumps(wrapped).encode())
+    assert (parsed.diarize, parsed.speakers, parsed.min_speakers, parsed.max_speakers) == (True, None, 2, 4)
+    assert parsed == parse_job(job(diarize=True, min_speakers=2, max_speakers=4))
+    exact = {"messageId": "m", "message": {"taskId": "t", "audioPath": "x", "diarize": True, "speakers": 3}}
+    assert parse_job(json.dumps(exact).encode()).speakers == 3
+    with pytest.raises(JobError) as e:
+        parse_job(json.dumps({"messageId": "m", "message": {**inner, "minSpeakers": 5}}).encode())
+    assert (e.value.code, e.value.message) == (
+        ErrorCode.INVALID_OPTION,
+        "min_speakers (5) is more than max_speakers (4)",
+    )
+
+
+def test_job_body_sends_the_diarization_options_only_when_set():
+    assert json.loads(job_body("t", "x")) == {"task_id": "t", "audio_path": "x"}
+    assert json.loads(job_body("t", "x", diarize=False)) == {"task_id": "t", "audio_path": "x", "diarize": False}
+    body = job_body("t", "x", "es", ["srt"], True, diarize=True, min_speakers=2, max_speakers=3)
+    assert json.loads(body) == {"task_id": "t", "audio_path": "x", "language": "es", "formats": ["srt"],
+                                "word_timestamps": True, "diarize": True, "min_speakers": 2,
+                                "max_speakers": 3}  # fmt: skip
+    parsed = parse_job(body)
+    assert (parsed.diarize, parsed.speakers, parsed.min_speakers, parsed.max_speakers) == (True, None, 2, 3)
+    parsed = parse_job(job_body("t", "x", diarize=True, speakers=4))
+    assert (parsed.diarize, parsed.speakers, parsed.min_speakers, parsed.max_speakers) == (True, 4, None, None)
+    jsonschema.validate(json.loads(body), schema("job"))
+
+
+def test_a_completion_carries_the_speakers_found():
+    done = Completion("t", "done", "hi", "en", 1.0, 0.5, {"txt": "/r/t.txt"}, None, "h:worker-1:9", speakers=3)
+    data = json.loads(done.to_json())
+    assert data["speakers"] == 3
+    jsonschema.validate(data, schema("completion"))
+    assert Completion.from_json(done.to_json()) == done
+    plain = json.loads(Completion("t", "done", "hi").to_json())
+    assert plain["speakers"] is None, "every completion has the field, null when not diarized"
+    jsonschema.validate(plain, schema("completion"))
+    assert Completion.from_json(b'{"task_id": "t", "status": "done", "speakers": 0}').speakers == 0
+    for bad in (b'"two"', b"true", b"2.5"):
+        raw = b'{"task_id": "t", "status": "done", "speakers": ' + bad + b"}"
+        with pytest.raises(JobError) as e:
+            Completion.from_json(raw)
+        assert e.value.message == "not a completion: speakers has the wrong type"
+        assert not jsonschema.Draft202012Validator(schema("completion")).is_valid(json.loads(raw))
+
+
+def test_the_schemas_list_the_contracts_fields():
+    job_fields = {f.name for f in dataclasses.fields(Job)}
+    assert set(schema("job")["properties"]) == job_fields
+    completion = schema("completion")
+    completion_fields = [f.name for f in dataclasses.fields(Completion)]
+    assert set(completion["properties"]) == set(completion_fields)
+    assert completion["required"] == completion_fields, "to_json writes every field, in this order"
+    camel = {k for k in _CAMEL_CASE.values()}
+    assert camel <= job_fields
+    for name in SPEAKER_OPTIONS:
+        assert schema("job")["properties"][name]["maximum"] == SPEAKERS_LIMIT

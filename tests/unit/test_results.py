@@ -82,6 +82,24 @@ def test_a_reused_task_id_for_another_job_is_a_conflict(tmp_path, other, size):
     assert store.lookup(job, lambda: AUDIO) == done
 
 
+def test_a_marker_from_before_a_job_field_existed_still_answers_its_job(tmp_path):
+    """A marker written by a version whose Job had no diarize/speakers fields: a redelivery after the
+    upgrade is the same job (its new fields at their defaults), not a task_id_conflict."""
+    store = ResultStore(str(tmp_path))
+    job = Job("t1", "a.wav")
+    done = Completion("t1", "done", "Hola mundo.", "es", 1.5, 0.1, store.write("t1", RESULT, job.formats), None, "w")
+    store.commit(job, done, AUDIO)
+    marker = tmp_path / results.MARKER_DIR / "t1.completion.json"
+    record = json.loads(marker.read_text())
+    for name in ("diarize", "speakers", "min_speakers", "max_speakers"):
+        del record["job"][name]
+    marker.write_text(json.dumps(record))
+    assert store.lookup(job, lambda: AUDIO) == done
+    with pytest.raises(JobError) as e:
+        store.lookup(Job("t1", "a.wav", diarize=True), lambda: AUDIO)
+    assert e.value.code == "task_id_conflict"
+
+
 def test_attempts_are_counted_until_ended(tmp_path):
     store = ResultStore(str(tmp_path))
     assert [store.begin_attempt("t"), store.begin_attempt("t")] == [1, 2]

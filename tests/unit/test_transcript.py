@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from whisperd import whisper_modules
-from whisperd.transcript import Segment, Transcript, Word
+from whisperd.transcript import Segment, SpeakerTime, Transcript, Word
 
 FORMATS = ("json", "txt", "srt", "vtt", "tsv")
 
@@ -71,3 +71,54 @@ def test_a_transcript_is_typed_and_frozen() -> None:
     assert segment.words == (Word(" qué", 2.5, 3.1, 0.8), Word(" tal.", 3.1, 4.08, 0.75))
     with pytest.raises(dataclasses.FrozenInstanceError):
         transcript.text = "changed"  # type: ignore[misc]
+
+
+SEGMENT_KEYS = ["id", "seek", "start", "end", "text", "tokens", "temperature", "avg_logprob", "compression_ratio",
+                "no_speech_prob"]  # fmt: skip
+
+
+def test_a_transcript_without_speakers_gives_the_dict_and_files_it_always_gave() -> None:
+    """Jobs without diarization: no "speaker" or "speakers" key anywhere, files byte for byte."""
+    transcript = Transcript.from_whisper(whisper_result())
+    assert transcript.speakers is None and all(s.speaker is None for s in transcript.segments)
+    assert all(w.speaker is None for s in transcript.segments for w in s.words or ())
+    back = transcript.to_whisper_dict()
+    assert list(back) == ["text", "segments", "language"]
+    assert [list(s) for s in back["segments"]] == [[*SEGMENT_KEYS, "words"]] * 2
+    assert list(back["segments"][1]["words"][0]) == ["word", "start", "end", "probability"]
+    assert json.dumps(back) == json.dumps(whisper_result())
+    for fmt in FORMATS:
+        assert written(back, fmt) == written(whisper_result(), fmt)
+    assert written(back, "tsv") == "start\tend\ttext\n0\t2500\tHola,\n2500\t4080\tqué tal.\n"
+
+
+def test_speakers_are_in_the_dict_after_whispers_keys() -> None:
+    plain = Transcript.from_whisper(whisper_result())
+    first, second = plain.segments
+    hola = dataclasses.replace(first.words[0], speaker="SPEAKER_00")
+    transcript = dataclasses.replace(
+        plain,
+        segments=(
+            dataclasses.replace(first, speaker="SPEAKER_00", words=(hola,)),
+            dataclasses.replace(second, speaker="SPEAKER_01"),  # its words without one: no key for them
+        ),
+        speakers=(SpeakerTime("SPEAKER_00", 2.5), SpeakerTime("SPEAKER_01", 1.58)),
+    )
+    result = transcript.to_whisper_dict()
+    assert list(result) == ["text", "segments", "language", "speakers"]
+    assert result["speakers"] == [{"speaker": "SPEAKER_00", "talk_s": 2.5}, {"speaker": "SPEAKER_01", "talk_s": 1.58}]
+    assert [list(s) for s in result["segments"]] == [[*SEGMENT_KEYS, "words", "speaker"]] * 2
+    assert [s["speaker"] for s in result["segments"]] == ["SPEAKER_00", "SPEAKER_01"]
+    assert result["segments"][0]["words"] == [
+        {"word": " Hola,", "start": 0, "end": 2.5, "probability": 0.93, "speaker": "SPEAKER_00"}
+    ]
+    assert "speaker" not in result["segments"][1]["words"][0]
+    assert Transcript.from_whisper(result) == transcript  # and back
+    no_words = dataclasses.replace(transcript.segments[1], words=None).to_whisper_dict()
+    assert list(no_words) == [*SEGMENT_KEYS, "speaker"]
+    assert Transcript("", None, (), speakers=()).to_whisper_dict() == {
+        "text": "",
+        "segments": [],
+        "language": None,
+        "speakers": [],
+    }

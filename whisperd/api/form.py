@@ -12,10 +12,11 @@ from typing import Any
 from python_multipart.multipart import parse_options_header
 
 from whisperd.api.errors import ApiError, file_too_large
+from whisperd.contract import SPEAKER_OPTIONS, speakers_problem
 from whisperd.wire import FORMATS, unknown_formats
 
 # The form: one file part named "file" and at most these plain fields, each at most FIELD_BYTES.
-FIELDS = ("language", "formats", "word_timestamps")
+FIELDS = ("language", "formats", "word_timestamps", "diarize", *SPEAKER_OPTIONS)
 FIELD_BYTES = 1024
 MAX_PARTS = 1 + len(FIELDS)
 PART_HEADERS = 8  # headers per part
@@ -118,8 +119,14 @@ class UploadForm:
         self.ended = True
 
 
-def job_options(fields: dict[str, str]) -> tuple[str | None, list[str] | None, bool]:
-    """(language, formats, word_timestamps) from the form, or ApiError 422."""
+def job_options(fields: dict[str, str], max_speakers: int) -> dict[str, Any]:
+    """``job_body``'s options from the form (language, formats, word_timestamps, diarize and the
+    speaker counts), or ApiError 422.
+
+    An empty or absent ``diarize`` or count is not sent, so the worker's configuration decides
+    (diarize.default). The counts are checked as a worker checks them (``speakers_problem``), up to
+    ``max_speakers`` (diarize.max_speakers of the API's configuration, which its workers share).
+    """
     language = fields.get("language", "").strip() or None
     formats = fields.get("formats")
     wanted = [f.strip() for f in formats.split(",") if f.strip()] if formats else None
@@ -128,4 +135,23 @@ def job_options(fields: dict[str, str]) -> tuple[str | None, list[str] | None, b
     words = fields.get("word_timestamps", "").strip().lower()
     if words not in TRUE + FALSE:
         raise ApiError(422, "invalid_option", "word_timestamps must be true or false")
-    return language, wanted, words in TRUE
+    diarize = fields.get("diarize", "").strip().lower()
+    if diarize not in TRUE + FALSE:
+        raise ApiError(422, "invalid_option", "diarize must be true or false")
+    counts = {name: _count(fields, name) for name in SPEAKER_OPTIONS}
+    decided = None if diarize == "" else diarize in TRUE
+    problem = speakers_problem(decided, counts, max_speakers)
+    if problem is not None:
+        raise ApiError(422, "invalid_option", problem)
+    return {"language": language, "formats": wanted, "word_timestamps": words in TRUE, "diarize": decided, **counts}
+
+
+def _count(fields: dict[str, str], name: str) -> int | None:
+    """A speaker count of the form: None when empty or absent; ASCII digits only (int() also takes
+    "²", "١" and "1_0"), so that a value is either a whole number or refused."""
+    value = fields.get(name, "").strip()
+    if not value:
+        return None
+    if not (value.isascii() and value.isdigit()):
+        raise ApiError(422, "invalid_option", f"{name} must be a whole number")
+    return int(value)

@@ -110,6 +110,7 @@ class UploadReceiver:
         self.subdir = cfg.api.upload_subdir
         self.idle_s = cfg.api.upload_idle_timeout_s
         self.max_file_bytes = int(cfg.limits.max_file_mb * 2**20)
+        self.max_speakers = cfg.diarize.max_speakers
         self.max_body_bytes = self.max_file_bytes + FORM_OVERHEAD
         self.uploads = uploads
         self.tuning = tuning
@@ -154,7 +155,7 @@ class UploadReceiver:
             raise ApiError(422, "missing_file", "the form has no file part (field 'file')")
         if form.file_bytes == 0:
             raise ApiError(422, "empty_file", "the file is empty")
-        job_options(form.fields)  # refused before the file is kept
+        job_options(form.fields, self.max_speakers)  # refused before the file is kept
         suffix = Path(form.filename or "").suffix.lower()
         return os.path.join(self.subdir, task_id + (suffix if SUFFIX_RE.fullmatch(suffix) else ""))
 

@@ -18,7 +18,7 @@ from whisperd.api.form import job_options
 from whisperd.api.origin import check_origin
 from whisperd.api.records import TaskRecord, view
 from whisperd.api.result_files import open_result, read_chunks
-from whisperd.contract import job_body
+from whisperd.contract import SPEAKERS_LIMIT, job_body
 from whisperd.results import fsync_dir
 from whisperd.wire import FORMATS, LABELS, QUEUED, TASK_ID_RE
 
@@ -39,6 +39,29 @@ UPLOAD_OPENAPI = {
                         "language": {"type": "string", "description": "ISO code such as es; empty = detect"},
                         "formats": {"type": "string", "description": f"comma-separated from {','.join(FORMATS)}"},
                         "word_timestamps": {"type": "boolean", "default": False},
+                        "diarize": {
+                            "type": "boolean",
+                            "description": "label each segment with its speaker; empty = the workers' diarize.default",
+                        },
+                        "speakers": {
+                            "type": "integer",
+                            "minimum": 1,
+                            "maximum": SPEAKERS_LIMIT,
+                            "description": "with diarize: the exact number of speakers, if known (at most the "
+                            "workers' diarize.max_speakers; not with min_speakers or max_speakers)",
+                        },
+                        "min_speakers": {
+                            "type": "integer",
+                            "minimum": 1,
+                            "maximum": SPEAKERS_LIMIT,
+                            "description": "with diarize: at least this many speakers",
+                        },
+                        "max_speakers": {
+                            "type": "integer",
+                            "minimum": 1,
+                            "maximum": SPEAKERS_LIMIT,
+                            "description": "with diarize: at most this many speakers (and diarize.max_speakers)",
+                        },
                     },
                 }
             }
@@ -60,7 +83,7 @@ async def create(request: Request, ctx: Context) -> JSONResponse:
     task_id = upload.task_id
     await run_in_threadpool(fsync_dir, ctx.uploads.dir)
     await run_in_threadpool(ctx.store.create, task_id, upload.form.filename, upload.audio_path)
-    body = job_body(task_id, upload.audio_path, *job_options(upload.form.fields))
+    body = job_body(task_id, upload.audio_path, **job_options(upload.form.fields, ctx.cfg.diarize.max_speakers))
     try:
         await ctx.publisher.publish(body, task_id)
     except (pika.exceptions.AMQPError, OSError) as e:

@@ -1,0 +1,140 @@
+"""Multi-speaker recordings built from the real clips, with the truth of who speaks when.
+
+tests/data has no conversation, but its clips are of different people: each FLEURS clip is
+another speaker, and so are the Picovoice and MLS ones. A clip with pauses inside it is cut at
+those pauses into pieces, so one speaker can take several turns; the pieces are laid out one after
+another with short pauses, and a turn may start before the previous one ends (an overlap).
+
+The cut points are the middles of each clip's pauses as faster-whisper's Silero VAD finds them
+(min_silence_duration_ms=250, no padding), measured once and written here, so building a
+conversation needs only ffmpeg and numpy.
+"""
+
+from __future__ import annotations
+
+import wave
+from pathlib import Path
+from typing import NamedTuple
+
+import numpy as np
+
+from devkit.clips import DATA_DIR, pcm
+from whisperd.wire import SAMPLE_RATE
+
+# clip -> the seconds at which it is cut into pieces (the middles of its pauses).
+CUTS: dict[str, tuple[float, ...]] = {
+    "fleurs_es_001.ogg": (7.47, 18.59),
+    "picovoice_test_es.wav": (3.31, 5.18),
+    "fleurs_es_002.ogg": (5.09,),
+    "fleurs_es_003.ogg": (3.46,),
+    "fleurs_es_007.ogg": (6.48,),
+    "mfa_acoustic_corpus.wav": (12.05, 17.84, 22.66),
+    "jfk.flac": (2.78, 4.9, 7.92),
+}
+
+
+class Line(NamedTuple):
+    """One turn of the script: ``piece`` of ``clip`` (0-based, from CUTS), then ``gap_s`` of silence
+    before the next turn (negative: the next turn starts that much before this one ends)."""
+
+    clip: str
+    piece: int
+    gap_s: float = 0.4
+
+
+class Turn(NamedTuple):
+    """Who speaks when in the built recording: the clip stands for its speaker."""
+
+    speaker: str
+    start: float
+    end: float
+
+
+# A Spanish conversation: 5 speakers, 12 turns, pauses of 0.3-0.7 s and one overlap of 0.5 s.
+SPANISH_MEETING: tuple[Line, ...] = (
+    Line("fleurs_es_001.ogg", 0),
+    Line("picovoice_test_es.wav", 0, 0.5),
+    Line("fleurs_es_002.ogg", 0),
+    Line("fleurs_es_001.ogg", 1, 0.6),
+    Line("fleurs_es_003.ogg", 0, 0.3),
+    Line("picovoice_test_es.wav", 1),
+    Line("fleurs_es_007.ogg", 0, -0.5),  # the next speaker starts before this one has finished
+    Line("fleurs_es_002.ogg", 1, 0.7),
+    Line("fleurs_es_003.ogg", 1),
+    Line("picovoice_test_es.wav", 2, 0.5),
+    Line("fleurs_es_007.ogg", 1),
+    Line("fleurs_es_001.ogg", 2),
+)
+
+# A two-person exchange in English: the spontaneous speaker and JFK, 8 turns.
+ENGLISH_INTERVIEW: tuple[Line, ...] = (
+    Line("mfa_acoustic_corpus.wav", 0),
+    Line("jfk.flac", 0),
+    Line("mfa_acoustic_corpus.wav", 1),
+    Line("jfk.flac", 1, 0.6),
+    Line("mfa_acoustic_corpus.wav", 2),
+    Line("jfk.flac", 2),
+    Line("mfa_acoustic_corpus.wav", 3, 0.5),
+    Line("jfk.flac", 3),
+)
+
+
+def samples(clip: str) -> np.ndarray:
+    """The clip as 16 kHz mono float32."""
+    return np.frombuffer(pcm(DATA_DIR / clip), np.int16).astype(np.float32) / 32768
+
+
+def piece(clip: str, index: int) -> np.ndarray:
+    audio = samples(clip)
+    bounds = [0, *(int(t * SAMPLE_RATE) for t in CUTS.get(clip, ())), len(audio)]
+    return audio[bounds[index] : bounds[index + 1]]
+
+
+def build(script: tuple[Line, ...]) -> tuple[np.ndarray, list[Turn]]:
+    """The recording the script describes (overlaps mixed) and its turns, in order."""
+    pieces = [piece(line.clip, line.piece) for line in script]
+    starts, at = [], 0
+    for line, audio in zip(script, pieces, strict=True):
+        starts.append(at)
+        at += len(audio) + int(line.gap_s * SAMPLE_RATE)
+    mix = np.zeros(max(s + len(p) for s, p in zip(starts, pieces, strict=True)), np.float32)
+    turns = []
+    for line, start, audio in zip(script, starts, pieces, strict=True):
+        mix[start : start + len(audio)] += audio
+        turns.append(Turn(line.clip, start / SAMPLE_RATE, (start + len(audio)) / SAMPLE_RATE))
+    return np.clip(mix, -1.0, 1.0), turns
+
+
+def write_wav(audio: np.ndarray, out: Path) -> Path:
+    with wave.open(str(out), "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(2)
+        w.setframerate(SAMPLE_RATE)
+        w.writeframes((audio * 32767).astype("<i2").tobytes())
+    return out
+
+
+def speaker_at(turns: list[Turn], t: float) -> str | None:
+    """The speaker talking at ``t``, the one whose turn is nearest when nobody is (None: no turns)."""
+    if not turns:
+        return None
+    return min(turns, key=lambda turn: max(turn.start - t, t - turn.end, 0.0)).speaker
+
+
+def word_accuracy(words: list[tuple[float, float, str]], truth: list[Turn]) -> float:
+    """The share of ``(start, end, speaker)`` words given the right speaker, under the best one-to-one
+    mapping of found labels to true speakers (greedy on the counts, which is exact when each found
+    label mostly covers one speaker)."""
+    if not words:
+        return 0.0
+    counts: dict[tuple[str, str], int] = {}
+    for start, end, label in words:
+        key = (label, speaker_at(truth, (start + end) / 2) or "")
+        counts[key] = counts.get(key, 0) + 1
+    right, used_labels, used_speakers = 0, set(), set()
+    for (label, speaker), n in sorted(counts.items(), key=lambda kv: -kv[1]):
+        if label not in used_labels and speaker not in used_speakers:
+            right += n
+            used_labels.add(label)
+            used_speakers.add(speaker)
+    return right / len(words)

