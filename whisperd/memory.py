@@ -4,7 +4,8 @@ A worker's memory is its model and diarizer plus what one job can make it hold: 
 (s16 and float32, 6 bytes a sample), whisper's log-mel of the whole file (its STFT is computed for
 the full length at once) and the diarizer's features of the whole file. All three are bounded by
 ``limits.max_duration_s``, so the ceiling can be set where only a runaway (a bug, a leak, an input
-that escaped its limits) reaches it, and never a healthy job on a large model. Imports nothing heavy: the supervisor uses it.
+that escaped its limits) reaches it, and never a healthy job on a large model. Imports nothing
+heavy: the supervisor uses it.
 """
 
 from __future__ import annotations
