@@ -19,6 +19,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from bench import (
+    diarize,
     engines,
     latency,
     memory,
@@ -51,6 +52,7 @@ SECTIONS: dict[str, Callable[[Ctx], Section]] = {
     "real_hosts": real_hosts.run,
     "same_work": same_work.run,
     "window_profile": window_profile.run,
+    "diarize": diarize.run,
 }
 
 

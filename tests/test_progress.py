@@ -63,6 +63,8 @@ def test_a_long_job_reports_how_far_it_is_every_few_seconds(broker, daemon_facto
     fractions = [n["progress"] for n in notes]
     assert len(notes) >= 2 and fractions[0] == 0.0, fractions
     assert fractions == sorted(set(fractions)) and fractions[-1] < 1.0, fractions
+    # progress is rounded to 0.001 and audio_done_s to 0.1 s: on 230 s of audio they may disagree by 0.17 s
+    rounding = 0.0005 * done["duration_s"] + 0.05 + 1e-6
     for n in notes:
-        assert n["audio_done_s"] == pytest.approx(n["progress"] * done["duration_s"], abs=0.1)
+        assert n["audio_done_s"] == pytest.approx(n["progress"] * done["duration_s"], abs=rounding)
     assert len(notes) <= 2 + done["processing_s"] / jobs.PROGRESS_INTERVAL_S, "more often than every few seconds"

@@ -212,8 +212,11 @@ def test_base_finds_no_words_in_silence_tone_noise_or_music(base_daemon):
 
 def test_base_gives_speech_followed_by_silence_the_text_of_the_speech_alone(base_daemon):
     """The silence adds no words. The gated audio ends in the padding after the speech instead of
-    at the file's end, which may change how one word is spelt (seen with faster-whisper int8 on an
-    AMD CPU: "blancesinas" alone, "blancasinas" with the silence), not how many words there are."""
+    at the file's end (7.46 s of speech kept instead of 8.10 s), which may change how the words
+    Whisper is unsure of are spelt, not how many there are: seen with faster-whisper int8 on AMD
+    CPUs, "blancesinas" alone and "blancasinas" with the silence on one, and on a Zen 5 (AVX-512
+    VNNI kernels) "muy poca asistencia" alone, "muy pocas estereas" with the silence (the reference
+    says neither). So a quarter of the words may differ, none may be added."""
     d, _ = base_daemon
     clip = testaudio.load(SPANISH.path)
     jobs = {
@@ -223,7 +226,7 @@ def test_base_gives_speech_followed_by_silence_the_text_of_the_speech_alone(base
     got = run_jobs(base_daemon, jobs)
     alone, then = (re.sub(r"[^\w\s']", " ", got[k]["text"].lower()).split() for k in ("alone", "then-silence"))
     assert alone and len(then) == len(alone), (alone, then)
-    assert sum(a != b for a, b in zip(alone, then, strict=True)) <= 1, (alone, then)
+    assert sum(a != b for a, b in zip(alone, then, strict=True)) <= max(1, len(alone) // 4), (alone, then)
     assert got["then-silence"]["speech_s"] < len(clip) / SR + 1.0
 
 
