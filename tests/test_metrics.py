@@ -46,6 +46,7 @@ def test_jobs_durations_memory_depths_and_restarts(broker, daemon_factory):
     assert m[("whisperd_job_real_time_factor_count", ())] == 1
     assert abs(m[("whisperd_audio_seconds_total", ())] - 11.0) < 0.1
     assert m[("whisperd_worker_rss_bytes", (("slot", "1"),))] > 50 * 2**20
+    assert m[("whisperd_worker_diarizer_loaded", (("slot", "1"),))] == 0, "no job asked for it"
     assert m[("whisperd_workers", (("state", "busy"),))] == 0
     assert m[("whisperd_broker_connected", ())] == 1
 

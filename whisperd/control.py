@@ -323,12 +323,13 @@ def format_status(s: dict[str, Any]) -> str:
         f"broker: {s['broker']}; queue {s['job_queue']}: {depth}; dead letters: {dead}",
         "",
         f"{'SLOT':>4} {'PID':>7}  {'STATE':<18} {'TASK':<34} {'ELAPSED':>8} {'DONE':>5} {'FAILED':>6} "
-        f"{'RSS':>8} {'GPU':>8}",
+        f"{'RSS':>8} {'GPU':>8} {'DIARIZER':>8}",
     ]
     for w in s["workers"]:
         task = w["task"] or "-"
         lines.append(
             f"{w['slot']:>4} {w['pid']:>7}  {w['state']:<18} {task[:34]:<34} {num(w['task_elapsed_s'], ' s'):>8} "
-            f"{w['jobs_done']:>5} {w['jobs_failed']:>6} {num(w['rss_mb'], ' MB'):>8} {num(w['gpu_mb'], ' MB'):>8}"
+            f"{w['jobs_done']:>5} {w['jobs_failed']:>6} {num(w['rss_mb'], ' MB'):>8} {num(w['gpu_mb'], ' MB'):>8} "
+            f"{'loaded' if w.get('diarizer') else '-':>8}"
         )
     return "\n".join(lines)
