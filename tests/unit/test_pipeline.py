@@ -3,6 +3,7 @@ decoder helper on real files from tests/data, the real ResultStore and whisper's
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -18,9 +19,11 @@ import pytest
 from devkit.clips import CLIPS, JFK
 from whisperd import config, decoder
 from whisperd.contract import DONE, FAILED, ErrorCode, job_body
+from whisperd.diarizer import SpeakerCount
 from whisperd.logs import Labelled
 from whisperd.pipeline import Outcome, Pipeline
 from whisperd.results import MARKER_DIR, ResultStore
+from whisperd.speakers import Turn
 
 from .fakes import FakeTranscriber
 
@@ -43,7 +46,8 @@ def media(tmp_path: Path) -> Path:
     return root
 
 
-def make_pipeline(tmp_path: Path, transcriber: FakeTranscriber, **sections: dict[str, Any]) -> Pipeline:
+def make_pipeline(tmp_path: Path, transcriber: FakeTranscriber, diarizer: Any = None,
+                  **sections: dict[str, Any]) -> Pipeline:  # fmt: skip
     raw: dict[str, dict[str, Any]] = {
         "storage": {"media_root": str(tmp_path / "media"), "results_dir": str(tmp_path / "results")}
     }
@@ -51,7 +55,7 @@ def make_pipeline(tmp_path: Path, transcriber: FakeTranscriber, **sections: dict
         raw.setdefault(name, {}).update(values)
     cfg = config.parse(raw)
     log = Labelled(logging.getLogger("whisperd.worker"), "worker 1")
-    return Pipeline(cfg, transcriber, ResultStore(cfg.storage.results_dir), WORKER, log)
+    return Pipeline(cfg, transcriber, ResultStore(cfg.storage.results_dir), WORKER, log, diarizer)
 
 
 def failure(outcome: Outcome) -> tuple[str | None, str | None]:
@@ -232,3 +236,74 @@ def test_the_real_and_the_fake_transcriber_both_are_what_the_pipeline_types_agai
     pipeline = make_pipeline(tmp_path, transcriber)
     pipeline.set_threads(3)
     assert transcriber.threads == pipeline.threads == 3
+
+
+class FakeDiarizer:
+    """Stands in for whisperd.diarizer.Diarizer (``pipeline.Diarizing``): two speakers, the second from
+    5 s on; ``error`` is raised by ``turns``."""
+
+    def __init__(self, error: Exception | None = None) -> None:
+        self.error = error
+        self.loaded = False
+        self.threads = 1
+        self.counts: list[SpeakerCount | None] = []
+
+    def turns(self, audio: np.ndarray, count: SpeakerCount | None = None) -> list[Turn]:
+        self.loaded = True
+        self.counts.append(count)
+        if self.error is not None:
+            raise self.error
+        return [Turn(0.0, 5.0, "spk-b"), Turn(5.0, len(audio) / 16000, "spk-a")]
+
+    def set_threads(self, threads: int) -> None:
+        self.threads = threads
+
+
+def test_a_diarized_job_times_its_words_and_names_its_speakers(tmp_path: Path, media: Path) -> None:
+    transcriber, diarizer = FakeTranscriber(JFK.reference), FakeDiarizer()
+    pipeline = make_pipeline(tmp_path, transcriber, diarizer)
+    progress: list[float] = []
+    body = job_body("d-1", "jfk.flac", formats=["json", "txt"], diarize=True, min_speakers=1, max_speakers=3)
+    outcome = pipeline.run(body, on_progress=lambda job, duration, fraction: progress.append(fraction))
+    c = outcome.completion
+    assert c is not None and c.status == DONE and c.speakers == 1, c
+    assert transcriber.calls[0][1].word_timestamps, "a diarized job's words are timed"
+    assert diarizer.counts == [SpeakerCount(None, 1, 3)]
+    assert progress == [0.45, 0.9], "the transcription is 90 % of a diarized job"
+    result = json.loads(Path(c.results["json"]).read_text())
+    assert result["speakers"] == [{"speaker": "SPEAKER_00", "talk_s": 6.0}], "the one segment overlaps spk-a most"
+    assert Path(c.results["txt"]).read_text() == f"SPEAKER_00: {JFK.reference}\n"
+    assert pipeline.diarizer_loaded
+
+
+@pytest.mark.parametrize(("default", "asked", "diarized"), [(True, None, True), (True, False, False),
+                                                            (False, None, False), (False, True, True)])  # fmt: skip
+def test_diarize_default_decides_only_for_jobs_that_do_not_say(tmp_path: Path, media: Path, default: bool,
+                                                               asked: bool | None, diarized: bool) -> None:  # fmt: skip
+    transcriber = FakeTranscriber(JFK.reference)
+    pipeline = make_pipeline(tmp_path, transcriber, FakeDiarizer(), diarize={"default": default})
+    c = pipeline.run(job_body("d-2", "jfk.flac", diarize=asked)).completion
+    assert c is not None and c.status == DONE
+    assert (c.speakers is not None, transcriber.calls[0][1].word_timestamps) == (diarized, diarized)
+
+
+def test_a_diarizer_that_fails_fails_the_job_with_its_own_code(tmp_path: Path, media: Path) -> None:
+    pipeline = make_pipeline(tmp_path, FakeTranscriber(), FakeDiarizer(RuntimeError("clustering exploded")))
+    outcome = pipeline.run(job_body("d-3", "jfk.flac", diarize=True))
+    assert failure(outcome) == (FAILED, ErrorCode.DIARIZATION_FAILED)
+    assert outcome.completion is not None and "clustering exploded" in outcome.completion.error["message"]
+    assert not (tmp_path / "results" / "d-3.json").exists(), "nothing written"
+
+
+class SilentTranscriber(FakeTranscriber):
+    """Finds no speech: what the gate gives for silence, noise or music."""
+
+    def transcribe(self, audio: np.ndarray, job: Any, settings: Any = None, progress: Any = None) -> Any:
+        return dataclasses.replace(super().transcribe(audio, job, settings, progress), text="", segments=())
+
+
+def test_a_diarized_job_without_speech_names_nobody_and_runs_no_diarizer(tmp_path: Path, media: Path) -> None:
+    diarizer = FakeDiarizer()
+    c = make_pipeline(tmp_path, SilentTranscriber(), diarizer).run(job_body("d-4", "jfk.flac", diarize=True)).completion
+    assert c is not None and (c.status, c.speakers, c.text) == (DONE, 0, "")
+    assert diarizer.counts == [] and not diarizer.loaded
