@@ -47,9 +47,12 @@ rm -rf "$site"/torch/include "$site"/torch/test "$site"/torch/share/cmake \
 # Only the whisperd command: the venv's other entry points (torchrun, f2py, uvicorn, ...) and the
 # activate scripts serve no one on a server, and whisperd reaches everything as a library.
 find "$target/bin" -maxdepth 1 -type f ! -name whisperd -delete
-for pkg in numpy numba llvmlite sympy networkx; do
+for pkg in numpy numba llvmlite sympy networkx scipy sklearn umap hdbscan pynndescent colour; do
     find "$site/$pkg" -depth -type d -name tests -exec rm -rf {} +
 done
+# joblib's test suite (its old compressed pickles read as broken .gz files) and a coverage report
+# colour-science's wheel carries by mistake.
+rm -rf "$site"/joblib/test "$site"/colour/htmlcov
 find "$target" -depth -type d -name __pycache__ -exec rm -rf {} +
 # The three largest libraries keep a full symbol table (125 MB together); the smoke test below
 # proves them intact. The others stay as built: auditwheel's patchelf edits can break on strip.

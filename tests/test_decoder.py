@@ -11,6 +11,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -157,6 +158,42 @@ def test_a_hanging_decoder_is_killed_at_its_deadline(helper, long_opus):
     [err] = outcome
     assert isinstance(err, JobError) and err.code == ErrorCode.INVALID_AUDIO
     assert "decoding took longer than 2 s" in err.message
+    assert gone(old)
+    helper.timeout_s = 0.0
+    assert len(decode(JFK.path)) == 16000 * 11
+
+
+@pytest.fixture(scope="module")
+def long_flac(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Nearly 4 hours of silence as FLAC (2.6 MB): the fastest decode there is, seconds of PCM
+    streamed with never a pause."""
+    out = tmp_path_factory.mktemp("long") / "long.flac"
+    return make(out, "-f", "lavfi", "-i", "anullsrc=r=16000:cl=mono", "-t", "14000", "-c:a", "flac")
+
+
+def test_a_decoder_that_keeps_streaming_is_stopped_at_its_deadline_too(helper, long_flac):
+    """A helper that never stops sending (PCM always waiting on the socket, so no read ever waits)
+    is stopped at the deadline all the same. The deadline used to be a socket timeout, which only a
+    read that waits can hit: with the helper ahead of its reader (CI's busy 2 cores, here forced by
+    one shared core and a higher priority for the helper) the 14 000 s decode ran to its end, 3-5 s
+    past a 0.5 s limit, and the job went on to be transcribed."""
+    helper.timeout_s = 0.5
+    old = helper.pid
+    # The helper first on one shared core: it keeps the socket full and the reader always finds data.
+    affinity = os.sched_getaffinity(0)
+    os.sched_setaffinity(0, {min(affinity)})
+    helper_process(helper).cpu_affinity([min(affinity)])
+    helper_process(helper).nice(-10)
+    started = time.monotonic()
+    try:
+        t, outcome = decode_in_thread(helper, long_flac)
+        t.join(60)
+    finally:
+        os.sched_setaffinity(0, affinity)
+    took = time.monotonic() - started
+    [err] = outcome
+    assert isinstance(err, JobError) and "decoding took longer than 0.5 s" in err.message, err
+    assert took < 0.5 + 5.0, f"stopped {took:.1f} s after the start"  # the deadline, plus a kill and a reap
     assert gone(old)
     helper.timeout_s = 0.0
     assert len(decode(JFK.path)) == 16000 * 11

@@ -166,8 +166,14 @@ class Decoder:
                 raise DecodeFailure("crashed", f"the decoder sent an unknown message {bytes(kind)!r}")
 
     def _recv(self, deadline: float) -> bytes:
+        """One message, or TimeoutError once ``deadline`` has passed. The deadline is checked before
+        every read: a helper that keeps the socket full (a fast CPU decoding a long file) never
+        makes a read wait, so a socket timeout alone would let the decode run past its limit."""
         assert self._sock is not None
-        self._sock.settimeout(max(0.001, deadline - time.monotonic()))
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise TimeoutError("past the deadline")
+        self._sock.settimeout(left)
         n = self._sock.recv_into(self._buf)
         return bytes(memoryview(self._buf)[:n])
 
