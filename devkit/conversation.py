@@ -7,18 +7,17 @@ another with short pauses, and a turn may start before the previous one ends (an
 
 The cut points are the middles of each clip's pauses as faster-whisper's Silero VAD finds them
 (min_silence_duration_ms=250, no padding), measured once and written here, so building a
-conversation needs only ffmpeg and numpy.
+conversation needs only ffmpeg and numpy (write it with ``testaudio.write_wav``).
 """
 
 from __future__ import annotations
 
-import wave
-from pathlib import Path
 from typing import NamedTuple
 
 import numpy as np
 
-from devkit.clips import DATA_DIR, pcm
+from devkit import testaudio
+from devkit.clips import DATA_DIR
 from whisperd.wire import SAMPLE_RATE
 
 # clip -> the seconds at which it is cut into pieces (the middles of its pauses).
@@ -79,13 +78,8 @@ ENGLISH_INTERVIEW: tuple[Line, ...] = (
 )
 
 
-def samples(clip: str) -> np.ndarray:
-    """The clip as 16 kHz mono float32."""
-    return np.frombuffer(pcm(DATA_DIR / clip), np.int16).astype(np.float32) / 32768
-
-
 def piece(clip: str, index: int) -> np.ndarray:
-    audio = samples(clip)
+    audio = testaudio.load(DATA_DIR / clip)
     bounds = [0, *(int(t * SAMPLE_RATE) for t in CUTS.get(clip, ())), len(audio)]
     return audio[bounds[index] : bounds[index + 1]]
 
@@ -103,15 +97,6 @@ def build(script: tuple[Line, ...]) -> tuple[np.ndarray, list[Turn]]:
         mix[start : start + len(audio)] += audio
         turns.append(Turn(line.clip, start / SAMPLE_RATE, (start + len(audio)) / SAMPLE_RATE))
     return np.clip(mix, -1.0, 1.0), turns
-
-
-def write_wav(audio: np.ndarray, out: Path) -> Path:
-    with wave.open(str(out), "wb") as w:
-        w.setnchannels(1)
-        w.setsampwidth(2)
-        w.setframerate(SAMPLE_RATE)
-        w.writeframes((audio * 32767).astype("<i2").tobytes())
-    return out
 
 
 def speaker_at(turns: list[Turn], t: float) -> str | None:

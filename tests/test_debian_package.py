@@ -30,7 +30,7 @@ import pytest
 from conftest import BROKER_URL, REPO, BrokerClient, SlowJob, wait_for, write_toml
 from real_weights import RealWeights
 
-from devkit import conversation
+from devkit import conversation, testaudio
 from devkit.clips import JFK
 
 CACHE = Path(os.environ.get("WHISPERD_TEST_CACHE", "/var/cache/whisperd-test"))
@@ -468,7 +468,7 @@ def test_a_diarized_job_under_systemd_names_its_speakers(installed: Container, q
     media = c.path("/var/lib/whisperd/media/deb-test")
     media.mkdir(exist_ok=True)
     audio, _ = conversation.build(conversation.ENGLISH_INTERVIEW)
-    conversation.write_wav(audio, media / "interview.wav")
+    testaudio.write_wav(media / "interview.wav", audio)
     task = f"deb-diar-{uuid.uuid4().hex[:6]}"
     queues.publish({"task_id": task, "audio_path": "deb-test/interview.wav", "diarize": True, "formats": ["txt"]})
     done = _completion(c, queues, task, timeout=600)

@@ -23,7 +23,7 @@ import numpy as np
 import pytest
 from conftest import REPO, BrokerClient, Daemon
 
-from devkit import conversation
+from devkit import conversation, testaudio
 from devkit.clips import JFK
 from whisperd import memory
 
@@ -67,7 +67,7 @@ def batch(request, real_weights, tmp_path_factory) -> Batch:
         daemon.start(timeout=600)
         for name, audio, _ in jobs.values():  # every file in place before the first job is published
             if not (daemon.media / name).exists():
-                conversation.write_wav(audio, daemon.media / name)
+                testaudio.write_wav(daemon.media / name, audio)
         for task_id, (name, _, options) in jobs.items():
             client.publish({"task_id": task_id, "audio_path": name, **options})
         jfk = daemon.stage(JFK.path, "jfk.flac")
@@ -148,8 +148,8 @@ def test_the_diarizer_runs_without_a_network_and_within_its_bounds(tmp_path):
     It uses the daemons' cache directory (the default), which the batches above filled: compiling it
     again would cost half a minute and prove nothing more (compiled code is made here, not fetched)."""
     audio, _ = conversation.build(conversation.ENGLISH_INTERVIEW)
-    wav = conversation.write_wav(audio[: 16000 * 25], tmp_path / "interview.wav")
-    chopped = conversation.write_wav(chopped_speech(240), tmp_path / "chopped.wav")
+    wav = testaudio.write_wav(tmp_path / "interview.wav", audio[: 16000 * 25])
+    chopped = testaudio.write_wav(tmp_path / "chopped.wav", chopped_speech(240))
     script = (
         "import resource, sys, time, wave, numpy as np\n"
         "from whisperd.config import Config, diarize_cache_dir\n"

@@ -309,7 +309,6 @@ def speakers_problem(
     diarize: bool | None,
     counts: Mapping[str, Any],
     max_speakers: int,
-    limit_name: str = "diarize.max_speakers",
 ) -> str | None:
     """Why a job's diarization options cannot be taken (None when they can): ``counts`` maps
     SPEAKER_OPTIONS to their values (None = absent). The one check of parse_job, the API's form
@@ -326,7 +325,7 @@ def speakers_problem(
         if value < 1:
             return f"{name} must be at least 1, got {_shown(value)}"
         if value > max_speakers:
-            return f"{name} is {_shown(value)}; the limit is {max_speakers} ({limit_name})"
+            return f"{name} is {_shown(value)}; the limit is {max_speakers} (diarize.max_speakers)"
         given.append(name)
     if given and diarize is False:
         return f"{given[0]} is set but diarize is false: speaker counts are for diarized jobs"

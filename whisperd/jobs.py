@@ -87,7 +87,7 @@ class Jobs:
                 on_started=functools.partial(self._on_started, job_props=d.props),
                 on_progress=functools.partial(self._on_progress, job_props=d.props),
             )
-        self._report(outcome, getattr(pipeline, "diarizer_loaded", False))
+        self._report(outcome, pipeline.diarizer_loaded)
         self._hand_back(d, outcome)
 
     def _report(self, outcome: Outcome, diarizer: bool = False) -> None:

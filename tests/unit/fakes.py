@@ -280,6 +280,7 @@ class FakePipeline:
         self.error = error
         self.duration_s = duration_s
         self.threads = 1
+        self.diarizer_loaded = False
         self.bodies: list[bytes] = []
         self.refused: list[tuple[bytes, str, str]] = []
         self.started = threading.Event()

@@ -263,9 +263,7 @@ def test_speakers_problem_is_the_check_every_producer_shares():
     assert speakers_problem(False, counts, 10) == (
         "min_speakers is set but diarize is false: speaker counts are for diarized jobs"
     )
-    assert speakers_problem(True, counts, 4, "the most any worker takes") == (
-        "max_speakers is 5; the limit is 4 (the most any worker takes)"
-    )
+    assert speakers_problem(True, counts, 4) == "max_speakers is 5; the limit is 4 (diarize.max_speakers)"
     assert speakers_problem(False, {}, 10) is None, "diarize false alone is fine"
 
 
